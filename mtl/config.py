@@ -319,9 +319,13 @@ def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
     for key in unknown:
         problems.append(f"{where}.{key}: unknown key (valid keys: {sorted(fields)})")
     kwargs: dict[str, Any] = {}
+    mistyped: list[str] = []
     for name, f in fields.items():
         if name in raw:
+            before = len(problems)
             kwargs[name] = _coerce(raw[name], hints[name], f"{where}.{name}", problems)
+            if len(problems) > before:
+                mistyped.append(f"{where}.{name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             problems.append(f"{where}.{name}: required key is missing "
                             f"(expected {_type_name(hints[name])})")
@@ -331,7 +335,9 @@ def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
         return None
     check = getattr(obj, "problems", None)
     if check is not None:
-        problems.extend(check(where))
+        # A mistyped field holds a placeholder: its value checks would only add noise.
+        problems.extend(p for p in check(where)
+                        if not any(p.startswith(m + ":") for m in mistyped))
     return obj
 
 

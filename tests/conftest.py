@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny generated datasets (no network, seeded)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from mtl.config import CleanConfig, DatasetConfig, TaskConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FASHION_DIR = REPO_ROOT.parent / "shared" / "datasets" / "fashion-product"
+
+# Two cores in CI: keep torch from oversubscribing them.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _pattern(shape: tuple[int, int], label_a: int, label_b: int, rng: np.random.Generator,
+             ) -> np.ndarray:
+    """A 16×16 grey image whose left/right halves encode two labels (learnable), plus noise."""
+    img = rng.integers(0, 40, size=shape, dtype=np.uint8)
+    h, w = shape
+    img[: h // 2, : w // 2] += np.uint8(60 * label_a)
+    img[h // 2 :, w // 2 :] += np.uint8(60 * label_b)
+    return img
+
+
+@pytest.fixture
+def make_dataset(tmp_path: Path) -> Callable[..., tuple[DatasetConfig, Path]]:
+    """Factory: a folder of ``n`` PNGs + labels.csv with tasks ``a`` (3 classes), ``b`` (binary)."""
+
+    def make(n: int = 30, seed: int = 0, split: bool = False,
+             name: str = "ds") -> tuple[DatasetConfig, Path]:
+        rng = np.random.default_rng(seed)
+        root = tmp_path / name
+        rows = []
+        for i in range(n):
+            a, b = int(rng.integers(0, 3)), int(rng.integers(0, 2))
+            rel = f"images/{i:04d}.png"
+            write_png(root / rel, _pattern((16, 16), a, b, rng))
+            row = {"id": f"s{i:04d}", "image": rel, "a": ["cat", "dog", "eel"][a],
+                   "b": ["no", "yes"][b]}
+            if split:
+                row["split"] = ["train", "train", "train", "val", "test"][i % 5]
+            rows.append(row)
+        pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+        cfg = DatasetConfig(
+            dir=str(root), labels="labels.csv", split_column="split" if split else None,
+            tasks=(TaskConfig("a", "a", "multiclass"), TaskConfig("b", "b", "binary")),
+        )
+        return cfg, root
+
+    return make
+
+
+@pytest.fixture
+def clean_cfg() -> CleanConfig:
+    return CleanConfig(mode="L", min_size=4, max_pixels=10_000_000, workers=1)
