@@ -1,4 +1,4 @@
-"""The contract every multi-task architecture fulfils (trainer and weighting backends rely on it)."""
+"""The contract every multi-task architecture fulfils (trainer and weighting backends use it)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,11 @@ class Backbone(nn.Module):
                 f"{type(self).__name__}: the stem/stages/neck views must cover exactly the "
                 f"registered parameters ({len(viewed)} viewed vs {len(owned)} registered)"
             )
+
+    @property
+    def is_staged(self) -> bool:
+        """Whether :meth:`set_structure` was called (MTAN and cross-stitch need the stages)."""
+        return "_structure" in self.__dict__
 
     @property
     def stem(self) -> nn.Module:
