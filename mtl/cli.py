@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -110,9 +111,24 @@ def _load_split_data(augmented: Path, split: str, tasks: Sequence[object]) -> ob
                      {t.name: labels[t.name].to_numpy(dtype="float32") for t in tasks})  # type: ignore[attr-defined]
 
 
+def _live(path: str) -> Any:
+    """A dvclive logger that only writes files (metrics.json, plots, per-step TSVs).
+
+    The DVC pipeline already declares those files as metrics and plots in dvc.yaml, so
+    dvclive's own experiment integration is not used; it is skipped because it also probes the
+    git repository and fails in a repository without commits (dvclive 3.49).
+    """
+    from dvclive import Live
+
+    class PipelineLive(Live):  # type: ignore[misc]
+        def _init_dvc(self) -> None:
+            return None
+
+    return PipelineLive(path, dvcyaml=False, save_dvc_exp=False, report=None)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     import torch
-    from dvclive import Live
 
     from mtl.schema import TaskSchema
     from mtl.train import fit, select_device
@@ -128,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     device = select_device(cfg.device)
     print(f"train: {len(train)} training images, {len(val)} validation, device {device}, "  # type: ignore[arg-type]
           f"tasks {[t.name for t in tasks]}, weighting {cfg.weighting}")
-    with Live(args.live, dvcyaml=False, save_dvc_exp=False, report=None) as live:
+    with _live(args.live) as live:
         def log(epoch: int, row: dict[str, float]) -> None:
             for k, v in row.items():
                 live.log_metric(k, v)

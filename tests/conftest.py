@@ -66,3 +66,53 @@ def make_dataset(tmp_path: Path) -> Callable[..., tuple[DatasetConfig, Path]]:
 @pytest.fixture
 def clean_cfg() -> CleanConfig:
     return CleanConfig(mode="L", min_size=4, max_pixels=10_000_000, workers=1)
+
+
+def _run(cmd: list[str], cwd: Path) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("GIT_AUTHOR_NAME", "mtl-tests")
+    env.setdefault("GIT_AUTHOR_EMAIL", "tests@mtl.local")
+    env.setdefault("GIT_COMMITTER_NAME", "mtl-tests")
+    env.setdefault("GIT_COMMITTER_EMAIL", "tests@mtl.local")
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+
+
+def run_ok(cmd: list[str], cwd: Path) -> str:
+    """Run a command, failing the test with its output when it fails; return stdout+stderr."""
+    out = _run(cmd, cwd)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, f"{' '.join(cmd)} failed ({out.returncode}):\n{text[-4000:]}"
+    return text
+
+
+TINY_PARAMS = {
+    "ingest": {"n_train": 1000, "n_val": 100, "n_test": 200},
+    "augment": {"copies": 1},
+    "train": {"epochs": 4, "batch_size": 64},
+}
+
+
+def make_project(dest: Path, overrides: dict | None = None) -> Path:  # type: ignore[type-arg]
+    """A copy of this project's dvc.yaml, params.yaml and code in a fresh git + DVC repo."""
+    import shutil
+    import sys
+
+    import yaml
+
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_ROOT / "dvc.yaml", dest / "dvc.yaml")
+    shutil.copytree(REPO_ROOT / "mtl", dest / "mtl",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for section, values in {**TINY_PARAMS, **(overrides or {})}.items():
+        params[section].update(values)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(REPO_ROOT / ".gitignore", dest / ".gitignore")
+    run_ok(["git", "init", "-q"], dest)
+    run_ok([sys.executable, "-m", "dvc", "init", "-q"], dest)
+    run_ok([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], dest)
+    return dest
