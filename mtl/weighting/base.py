@@ -66,8 +66,8 @@ class Weighting(nn.Module):
 
     def objective(self, losses: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
         """Loss level: the scalar to back-propagate and the weights ``[T]`` (absent -> 0)."""
-        mask = present.to(losses.dtype)
-        w = self.weights(losses, present).to(losses.dtype) * mask
+        w = self.weights(losses, present).to(losses.dtype)
+        w = torch.where(present, w, torch.zeros_like(w))  # absent -> exactly 0 (even if NaN)
         total = (w * losses).sum()
         reg = self.regularization(losses, present)
         if reg is not None:
@@ -121,7 +121,7 @@ class GradientWeighting(Weighting):
         return w @ g, weights
 
     def combine(self, grads: Tensor, losses: Tensor, tasks: Tensor) -> Tensor:
-        """``grads [K, P]`` of the ``K`` present tasks (indices ``tasks [K]``) -> weights ``[K]``."""
+        """``grads [K, P]`` of the ``K`` present tasks (indices ``tasks [K]``) -> ``w [K]``."""
         raise NotImplementedError
 
 

@@ -1,0 +1,253 @@
+"""Backends: turn per-task losses into accumulated ``.grad`` with a weighting method.
+
+The trainer calls :func:`multitask_backward` once per step instead of ``loss.backward()``.
+
+Cost (backward passes per step):
+
+* loss-level methods: 1 (``sum_t w_t L_t``);
+* gradient level, ``backend="full"``: the ``K`` per-task gradients of the present tasks are
+  computed in **one vmapped backward** (``torch.autograd.grad(..., is_grads_batched=True)``);
+  if an op has no batching rule we fall back to ``K`` backward passes (warned once);
+* gradient level, ``backend="representation"``: one vmapped backward through the heads only
+  (per-task gradients w.r.t. ``z``) plus **one** backward of ``z`` through the backbone.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtl.weighting.base import Weighting
+
+__all__ = [
+    "BACKENDS",
+    "backward_passes",
+    "multitask_backward",
+    "set_vmapped_gradients",
+    "task_gradient_cosine",
+]
+
+BACKENDS = ("full", "representation")
+
+# Flipped to False (for the process) the first time a vmapped backward raises.
+_BATCHED_OK = True
+
+
+def set_vmapped_gradients(enabled: bool) -> None:
+    """Use the vmapped per-task backward (default) or one backward per task (``False``)."""
+    global _BATCHED_OK
+    _BATCHED_OK = bool(enabled)
+
+
+def backward_passes(weighting: Weighting, backend: str = "full") -> str:
+    """Human-readable cost of one step (for logs, docs and the benchmark)."""
+    if weighting.level == "loss":
+        return "1"
+    if backend == "representation":
+        return "1 + heads (T vmapped)"
+    return "1 vmapped (T)" if _BATCHED_OK else "T"
+
+
+def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
+    """``p.grad += g`` (or ``p.grad = g`` when empty), so gradient accumulation works."""
+    for p, g in zip(params, grads, strict=True):
+        g = g.to(p.dtype)
+        if p.grad is None:
+            p.grad = g.detach().clone() if g._base is not None or not g.is_contiguous() else g
+        else:
+            p.grad.add_(g)
+
+
+def _per_task_grads(
+    losses: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor, retain_graph: bool = True
+) -> list[Tensor]:
+    """Gradients of ``grad_outputs @ losses`` w.r.t. each input, batched: ``[K, *input.shape]``.
+
+    ``grad_outputs [K, T]`` selects (and scales) the tasks. One vmapped backward when
+    possible; otherwise one backward per row. The graph is retained by default: the
+    representation backend needs the part below ``z``, and keeping the saved tensors alive
+    until the caller drops the graph costs no compute.
+    """
+    global _BATCHED_OK
+    k = grad_outputs.shape[0]
+    if _BATCHED_OK and k > 1:
+        try:
+            out = torch.autograd.grad(
+                losses,
+                list(inputs),
+                grad_outputs=grad_outputs,
+                is_grads_batched=True,
+                retain_graph=True,  # kept so that the per-row fallback can still run
+                allow_unused=True,
+                materialize_grads=True,
+            )
+            return list(out)
+        except RuntimeError as err:  # an op without a vmap batching rule
+            _BATCHED_OK = False
+            warnings.warn(
+                f"vmapped per-task backward failed ({err}); falling back to one backward per "
+                "task for the rest of this process",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    rows = [
+        torch.autograd.grad(
+            losses,
+            list(inputs),
+            grad_outputs=grad_outputs[i],
+            retain_graph=retain_graph or i < k - 1,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        for i in range(k)
+    ]
+    return [torch.stack(gs) for gs in zip(*rows, strict=True)]
+
+
+def _work_dtype(t: Tensor) -> torch.dtype:
+    """float64 stays float64; half precision is promoted to float32 for the method."""
+    return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def multitask_backward(
+    weighting: Weighting,
+    losses: Tensor,
+    present: Tensor,
+    shared_params: Sequence[nn.Parameter],
+    task_params: Sequence[nn.Parameter],
+    representation: Tensor | None = None,
+    backend: str = "full",
+    loss_scale: float = 1.0,
+) -> Tensor:
+    """Back-propagate the task losses through ``weighting``; returns its weights ``[T]``.
+
+    Args:
+        weighting: the method.
+        losses: ``[T]`` per-task mean losses, attached to the graph (0 for an absent task).
+        present: ``[T]`` bool, task has at least one labelled sample in the batch.
+        shared_params: the parameters every task depends on (``model.shared_parameters()``).
+        task_params: every other trainable parameter the losses touch (the heads).
+        representation: the shared representation ``z`` (required for ``"representation"``).
+        backend: ``"full"`` or ``"representation"``; ignored for loss-level methods.
+        loss_scale: the AMP ``GradScaler`` scale; ``1.0`` without AMP.
+
+    Post-condition: every parameter's ``.grad`` is *accumulated* with ``loss_scale`` times:
+    loss level, the gradient of ``sum_t w_t L_t`` (+ the method's regulariser); gradient level,
+    ``d`` for the shared parameters (``"full"``) or the backbone behind ``z``
+    (``"representation"``, via one ``z.backward(d)``), and for the heads the gradient of their
+    own task's loss (times :meth:`Weighting.head_scales`). Methods see unscaled gradients. If
+    the scaled gradients overflow (``loss_scale != 1`` and a non-finite value), the plain sum
+    is written so that the ``GradScaler`` sees the inf/NaN and skips the step.
+    """
+    num_tasks = weighting.num_tasks
+    if losses.dim() != 1 or losses.shape[0] != num_tasks:
+        raise ValueError(f"losses must have shape [{num_tasks}], got {tuple(losses.shape)}")
+    if present.shape != losses.shape:
+        raise ValueError(f"present must have shape [{num_tasks}], got {tuple(present.shape)}")
+    present = present.to(device=losses.device, dtype=torch.bool)
+    scale = float(loss_scale)
+
+    if weighting.level == "loss":
+        total, w = weighting.objective(losses, present)
+        if total.requires_grad:
+            (total * scale).backward() if scale != 1.0 else total.backward()
+        return w.detach()
+
+    if backend not in weighting.backends:
+        raise ValueError(
+            f"weighting {type(weighting).__name__} does not support backend={backend!r}; "
+            f"supported: {weighting.backends}"
+        )
+    if backend == "representation" and representation is None:
+        raise ValueError("backend='representation' needs the shared representation z")
+
+    tasks = present.nonzero().squeeze(1)  # [K]
+    k = tasks.numel()
+    if k == 0:  # nothing labelled in this batch: no gradient at all
+        return losses.new_zeros(num_tasks).detach()
+
+    shared = [p for p in shared_params if p.requires_grad]
+    heads = [p for p in task_params if p.requires_grad]
+    if backend == "full":
+        targets: list[Tensor] = [*shared, *heads]
+        n_shared = len(shared)
+    else:
+        assert representation is not None
+        targets, n_shared = [representation, *heads], 1
+    # [K, T]: row i selects task tasks[i]; scaled by loss_scale so fp16 grads do not underflow.
+    select = torch.zeros(k, num_tasks, dtype=losses.dtype, device=losses.device)
+    select[torch.arange(k, device=losses.device), tasks] = scale
+    per_task = _per_task_grads(losses, targets, select)
+    shared_g, head_g = per_task[:n_shared], per_task[n_shared:]
+
+    flat = torch.cat([g.reshape(k, -1) for g in shared_g], dim=1)  # [K, P]
+    flat = flat.to(_work_dtype(flat))
+    if scale != 1.0:
+        flat = flat / scale
+    overflow = scale != 1.0 and not bool(torch.isfinite(flat).all())
+    if overflow:
+        direction, weights = flat.sum(0), present.to(flat.dtype)
+    else:
+        if k == num_tasks:
+            grads = flat
+        else:  # absent tasks' rows are exact zeros, as the method contract says
+            grads = flat.new_zeros(num_tasks, flat.shape[1]).index_copy_(0, tasks, flat)
+        direction, weights = weighting.aggregate(grads, losses.detach().to(flat.dtype), present)
+    direction = direction * scale if scale != 1.0 else direction  # [P]
+
+    if backend == "full":
+        sizes = [p.numel() for p in shared]
+        pieces = torch.split(direction, sizes)
+        _accumulate(shared, [d.view_as(p) for d, p in zip(pieces, shared, strict=True)])
+    else:
+        assert representation is not None
+        representation.backward(direction.view_as(representation).to(representation.dtype))
+
+    if heads:
+        hs = None if overflow else weighting.head_scales(losses.detach(), present)
+        if hs is None:
+            _accumulate(heads, [g.sum(0) for g in head_g])
+        else:
+            coef = hs.to(losses.device).index_select(0, tasks)  # [K]
+            _accumulate(heads, [torch.tensordot(coef.to(g.dtype), g, dims=1) for g in head_g])
+
+    reg = weighting.regularization(losses.detach(), present)
+    if reg is not None and reg.requires_grad:
+        (reg * scale).backward()
+    return weights.detach().to(losses.dtype)
+
+
+def task_gradient_cosine(
+    losses: Tensor,
+    present: Tensor,
+    shared_params: Sequence[nn.Parameter],
+    retain_graph: bool = True,
+) -> Tensor:
+    """Pairwise cosine similarity ``[T, T]`` of the per-task gradients w.r.t. the shared params.
+
+    For "task conflict" logging. NaN in the rows/columns of absent tasks (and of tasks whose
+    gradient is exactly zero). Does not touch ``.grad``; with ``retain_graph=True`` (default) the
+    graph survives for the actual :func:`multitask_backward` that follows.
+    """
+    t = losses.shape[0]
+    present = present.to(device=losses.device, dtype=torch.bool)
+    out = torch.full((t, t), float("nan"), dtype=losses.dtype, device=losses.device)
+    tasks = present.nonzero().squeeze(1)
+    k = tasks.numel()
+    shared = [p for p in shared_params if p.requires_grad]
+    if k == 0 or not shared:
+        return out
+    select = torch.zeros(k, t, dtype=losses.dtype, device=losses.device)
+    select[torch.arange(k, device=losses.device), tasks] = 1.0
+    grads = _per_task_grads(losses, shared, select, retain_graph=retain_graph)
+    flat = torch.cat([g.reshape(k, -1) for g in grads], dim=1).to(_work_dtype(grads[0]))
+    norms = flat.norm(dim=1)  # [K]
+    unit = flat / norms.clamp_min(torch.finfo(flat.dtype).tiny)[:, None]
+    cos = (unit @ unit.T).clamp(-1.0, 1.0)
+    dead = norms == 0
+    cos = cos.masked_fill(dead[:, None] | dead[None, :], float("nan"))
+    out[tasks.unsqueeze(1), tasks.unsqueeze(0)] = cos.to(out.dtype)
+    return out.detach()

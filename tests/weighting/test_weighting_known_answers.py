@@ -1,0 +1,384 @@
+"""Known-answer tests of individual methods, the registry and the backends."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+from weighting_helpers import TinyModel, compute_losses, make_batch
+
+import mtl.weighting.backward as backward_mod
+from mtl.weighting import (
+    create_weighting,
+    list_weightings,
+    multitask_backward,
+    register_weighting,
+    task_gradient_cosine,
+)
+from mtl.weighting._solvers import box_qp, min_norm_weights
+
+ALL3 = torch.ones(3, dtype=torch.bool)
+ALL2 = torch.ones(2, dtype=torch.bool)
+
+
+def _agg(name: str, grads: Tensor, **hp: object) -> tuple[Tensor, Tensor]:
+    t = grads.shape[0]
+    m = create_weighting(name, t, **hp)
+    return m.aggregate(grads, torch.ones(t, dtype=grads.dtype), torch.ones(t, dtype=torch.bool))
+
+
+def _plain_grads(model: TinyModel, coefs: Tensor) -> list[Tensor]:
+    x, y = make_batch(dtype=coefs.dtype)
+    losses, _, _ = compute_losses(model, x, y)
+    return list(torch.autograd.grad((coefs * losses).sum(), list(model.parameters())))
+
+
+# --------------------------------------------------------------------------------- registry
+def test_registry_lists_the_methods() -> None:
+    expected = {
+        "equal", "static", "uncertainty", "dwa", "rlw", "gls", "famo", "db_mtl", "gradnorm",
+        "mgda", "pcgrad", "cagrad", "imtl", "graddrop", "gradvac", "nash_mtl", "aligned_mtl",
+        "upgrad",
+    }  # fmt: skip
+    assert expected <= set(list_weightings())
+    assert list_weightings() == sorted(list_weightings())
+
+
+def test_unknown_name_lists_valid_names() -> None:
+    with pytest.raises(ValueError, match="unknown weighting") as err:
+        create_weighting("no_such_method", 2)
+    for name in list_weightings():
+        assert name in str(err.value)
+
+
+def test_unknown_hyperparameter_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="temperature"):
+        create_weighting("dwa", 2, temprature=2.0)
+    assert create_weighting("DWA", 2, temperature=3.0).temperature == 3.0  # type: ignore[attr-defined]
+    with pytest.raises(ValueError):
+        create_weighting("static", 3, weights=[1.0, 2.0])
+
+
+def test_register_rejects_duplicates_and_non_weightings() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_weighting("equal")(type("Other", (create_weighting("equal", 1).__class__,), {}))
+    with pytest.raises(TypeError):
+        register_weighting("bogus")(int)  # type: ignore[type-var]
+
+
+# ------------------------------------------------------------------------------- loss level
+def test_equal_is_the_plain_sum() -> None:
+    torch.manual_seed(0)
+    model = TinyModel()
+    expected = _plain_grads(model, torch.ones(3))
+    x, y = make_batch()
+    losses, present, _ = compute_losses(model, x, y)
+    w = multitask_backward(
+        create_weighting("equal", 3), losses, present, list(model.shared_parameters()), []
+    )
+    assert torch.equal(w, torch.ones(3))
+    for p, g in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_static_weights() -> None:
+    model = TinyModel()
+    c = torch.tensor([0.5, 2.0, 0.0])
+    expected = _plain_grads(model, c)
+    x, y = make_batch()
+    losses, present, _ = compute_losses(model, x, y)
+    weighting = create_weighting("static", 3, weights=c.tolist())
+    w = multitask_backward(weighting, losses, present, list(model.shared_parameters()), [])
+    torch.testing.assert_close(w, c)
+    for p, g in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_uncertainty_objective_and_gradient() -> None:
+    m = create_weighting("uncertainty", 2)
+    losses = torch.tensor([2.0, 4.0], requires_grad=True)
+    total, w = m.objective(losses, ALL2)
+    torch.testing.assert_close(w, torch.tensor([0.5, 0.5]))
+    total.backward()
+    # d/ds (0.5 e^-s L + 0.5 s) at s=0 = 0.5 - 0.5 L
+    torch.testing.assert_close(m.log_vars.grad, torch.tensor([-0.5, -1.5]))  # type: ignore[union-attr]
+
+
+def test_dwa_weights_follow_the_descent_rate() -> None:
+    m = create_weighting("dwa", 2, temperature=2.0)
+    losses = torch.tensor([1.0, 1.0])
+    torch.testing.assert_close(m.weights(losses, ALL2), torch.ones(2))
+    m.epoch_end(torch.tensor([1.0, 1.0]), ALL2)
+    torch.testing.assert_close(m.weights(losses, ALL2), torch.ones(2))  # one epoch: no ratio
+    m.epoch_end(torch.tensor([0.5, 1.0]), ALL2)  # r = (0.5, 1.0)
+    e = torch.exp(torch.tensor([0.25, 0.5]))
+    torch.testing.assert_close(m.weights(losses, ALL2), 2 * e / e.sum())
+
+
+def test_gls_is_the_geometric_mean_gradient() -> None:
+    losses = torch.tensor([1.0, 4.0, 2.0], requires_grad=True)
+    total, _ = create_weighting("gls", 3).objective(losses, ALL3)
+    (g,) = torch.autograd.grad(total, losses)
+    gm = (1.0 * 4.0 * 2.0) ** (1 / 3)
+    torch.testing.assert_close(total.detach(), torch.tensor(gm))
+    torch.testing.assert_close(g, gm / (3 * losses.detach()))
+
+
+def test_rlw_is_reproducible_and_on_the_simplex() -> None:
+    m = create_weighting("rlw", 3)
+    torch.manual_seed(5)
+    a = m.weights(torch.ones(3), ALL3)
+    torch.manual_seed(5)
+    b = m.weights(torch.ones(3), ALL3)
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a.sum(), torch.tensor(1.0))
+
+
+def test_famo_moves_weight_to_the_slower_task() -> None:
+    m = create_weighting("famo", 2, lr=0.1)
+    m.step_end(torch.tensor([1.0, 1.0]), ALL2)
+    for _ in range(5):
+        m.step_end(torch.tensor([1.0, 1.0]) * torch.tensor([0.5, 1.0]), ALL2)  # task 0 improves
+    z = m.task_weights(ALL2)  # type: ignore[attr-defined]
+    assert z[1] > z[0]
+    w = m.weights(torch.tensor([0.5, 2.0]), ALL2)
+    # the objective's gradient is z_t / (c L_t): w . L == 1 / c * sum z = 1 / c
+    torch.testing.assert_close(
+        (w * torch.tensor([0.5, 2.0])).sum(), 1 / (z / torch.tensor([0.5, 2.0])).sum().float()
+    )
+
+
+# --------------------------------------------------------------------------- gradient level
+def test_mgda_two_task_closed_form() -> None:
+    g = torch.tensor([[1.0, 0.0], [0.5, 2.0]], dtype=torch.float64)
+    d, w = _agg("mgda", g)
+    gamma = ((g[1] - g[0]) @ g[1]) / ((g[0] - g[1]) @ (g[0] - g[1]))
+    torch.testing.assert_close(w, torch.stack([gamma, 1 - gamma]))
+    torch.testing.assert_close(d, gamma * g[0] + (1 - gamma) * g[1])
+    # the min-norm point is orthogonal to the segment between the two gradients
+    assert abs(float(d @ (g[0] - g[1]))) < 1e-12
+
+
+def test_mgda_frank_wolfe_matches_brute_force() -> None:
+    torch.manual_seed(1)
+    g = torch.randn(4, 6, dtype=torch.float64)
+    gram = (g @ g.T).numpy()
+    w = min_norm_weights(gram, max_iter=2000, tol=1e-12)
+    assert abs(w.sum() - 1) < 1e-9 and (w >= -1e-12).all()
+    best = min(
+        float(v @ gram @ v)
+        for v in torch.distributions.Dirichlet(torch.ones(4)).sample((20000,)).double().numpy()
+    )
+    assert float(w @ gram @ w) <= best + 1e-6
+
+
+def test_pcgrad_projects_conflicting_gradients() -> None:
+    g = torch.tensor([[1.0, 0.0], [-1.0, 1.0]], dtype=torch.float64)
+    d, w = _agg("pcgrad", g)
+    # g1' = g1 - (g1.g2/|g2|^2) g2 = (0.5, 0.5); g2' = g2 - (g2.g1/|g1|^2) g1 = (0, 1)
+    torch.testing.assert_close(d, torch.tensor([0.5, 1.5], dtype=torch.float64))
+    torch.testing.assert_close(w, torch.tensor([2.0, 1.5], dtype=torch.float64))
+    d2, _ = _agg("pcgrad", torch.tensor([[1.0, 0.0], [1.0, 1.0]]))  # no conflict: plain sum
+    torch.testing.assert_close(d2, torch.tensor([2.0, 1.0]))
+
+
+def test_cagrad_c0_is_the_mean_gradient() -> None:
+    torch.manual_seed(2)
+    for t in (2, 3):
+        g = torch.randn(t, 7, dtype=torch.float64)
+        d, w = _agg("cagrad", g, c=0.0)
+        torch.testing.assert_close(d, g.mean(0))
+        torch.testing.assert_close(w, torch.full((t,), 1 / t, dtype=torch.float64))
+
+
+def test_cagrad_improves_the_worst_task() -> None:
+    g = torch.tensor([[1.0, 0.0], [-0.9, 0.3]], dtype=torch.float64)
+    d, _ = _agg("cagrad", g, c=0.9)
+    mean = g.mean(0)
+    assert (g @ d).min() > (g @ mean).min()
+
+
+def test_upgrad_without_conflict_is_the_mean() -> None:
+    g = torch.tensor([[1.0, 0.2, 0.0], [0.5, 1.0, 0.3], [0.1, 0.0, 1.0]], dtype=torch.float64)
+    assert ((g @ g.T) >= 0).all()
+    d, w = _agg("upgrad", g)
+    torch.testing.assert_close(d, g.mean(0))
+    torch.testing.assert_close(w, torch.full((3,), 1 / 3, dtype=torch.float64))
+
+
+def test_upgrad_with_conflict_is_non_conflicting() -> None:
+    torch.manual_seed(3)
+    for t in (2, 3, 5, 8):  # 8 exercises the Gauss-Seidel path
+        g = torch.randn(t, 10, dtype=torch.float64)
+        d, w = _agg("upgrad", g)
+        assert (g @ d >= -1e-7).all(), g @ d
+        assert (w >= 1 / t - 1e-9).all()  # each projection only adds to its own lower bound
+
+
+def test_box_qp_enumeration_and_gauss_seidel_agree() -> None:
+    torch.manual_seed(4)
+    g = torch.randn(5, 8, dtype=torch.float64)
+    gram = (g @ g.T).numpy()
+    lower = torch.eye(5, dtype=torch.float64).numpy() / 5
+    exact = box_qp(gram, lower)
+    import mtl.weighting._solvers as s
+
+    gs = lower.copy()
+    for _ in range(20000):
+        for j in range(5):
+            gs[:, j] = (gs[:, j] - (gs @ gram[:, j]) / gram[j, j]).clip(min=lower[:, j])
+    torch.testing.assert_close(torch.from_numpy(exact), torch.from_numpy(gs), atol=1e-6, rtol=1e-5)
+    assert s is not None
+
+
+def test_imtl_g_equal_projections() -> None:
+    torch.manual_seed(5)
+    g = torch.randn(3, 9, dtype=torch.float64)
+    d, w = _agg("imtl", g, hybrid=False)
+    assert w.shape == (3,)
+    proj = (g / g.norm(dim=1, keepdim=True)) @ d
+    torch.testing.assert_close(proj, proj.mean().expand(3))
+    torch.testing.assert_close(w.sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_nash_mtl_solves_the_bargaining_equation() -> None:
+    torch.manual_seed(6)
+    g = torch.randn(3, 12, dtype=torch.float64) + 0.5
+    _, w = _agg("nash_mtl", g, max_norm=0.0)
+    torch.testing.assert_close(w * ((g @ g.T) @ w), torch.ones(3, dtype=torch.float64))
+    assert (w > 0).all()
+    d_clip, _ = _agg("nash_mtl", g, max_norm=0.1)
+    torch.testing.assert_close(d_clip.norm(), torch.tensor(0.1, dtype=torch.float64))
+
+
+def test_aligned_mtl_orthogonal_equal_norms_is_the_sum() -> None:
+    g = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]], dtype=torch.float64)
+    d, _ = _agg("aligned_mtl", g)
+    torch.testing.assert_close(d, g.sum(0))
+    g2 = torch.tensor([[3.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    d2, _ = _agg("aligned_mtl", g2)  # aligned to the smallest singular value: (1, 1)
+    torch.testing.assert_close(d2, torch.tensor([1.0, 1.0], dtype=torch.float64))
+
+
+def test_graddrop_keeps_agreeing_signs() -> None:
+    g = torch.tensor([[1.0, 2.0, -1.0], [3.0, 1.0, -2.0]])
+    d, w = _agg("graddrop", g)
+    torch.testing.assert_close(d, g.sum(0))  # no sign conflict: nothing dropped
+    torch.testing.assert_close(w, torch.ones(2))
+
+
+def test_gradnorm_balances_the_gradient_norms() -> None:
+    m = create_weighting("gradnorm", 2, alpha=0.0, lr=0.05)
+    g = torch.tensor([[10.0, 0.0], [0.0, 1.0]])
+    for _ in range(50):
+        m.aggregate(g, torch.ones(2), ALL2)
+    w = m.task_weights  # type: ignore[attr-defined]
+    torch.testing.assert_close(w.sum(), torch.tensor(2.0, dtype=torch.float64))
+    assert w[1] > w[0]  # the task with the smaller gradient is up-weighted
+
+
+def test_db_mtl_gives_every_task_the_largest_norm() -> None:
+    g = torch.tensor([[4.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    m = create_weighting("db_mtl", 2, beta=0.0)
+    d, _ = m.aggregate(g, torch.ones(2, dtype=torch.float64), ALL2)
+    torch.testing.assert_close(d, torch.tensor([4.0, 4.0], dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------- backends
+def test_representation_backend_is_j_transpose_d() -> None:
+    """MGDA-UB: the backbone gets J_z^T d with d aggregated from the per-task z gradients."""
+    torch.manual_seed(0)
+    model = TinyModel().double()
+    x, y = make_batch(dtype=torch.float64)
+    losses, present, z = compute_losses(model, x, y)
+    gz = torch.stack(
+        [torch.autograd.grad(l_, z, retain_graph=True)[0].reshape(-1) for l_ in losses]
+    )
+    d, _ = create_weighting("mgda", 3).aggregate(gz, losses.detach(), present)
+    expected = torch.autograd.grad(
+        z, list(model.shared_parameters()), d.view_as(z), retain_graph=True
+    )
+    multitask_backward(create_weighting("mgda", 3), losses, present,
+                       list(model.shared_parameters()), model.head_parameters(), z,
+                       backend="representation")  # fmt: skip
+    for p, e in zip(model.shared_parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, e)
+
+
+def test_heads_get_their_own_task_gradient() -> None:
+    torch.manual_seed(0)
+    model = TinyModel().double()
+    expected = _plain_grads(model, torch.ones(3, dtype=torch.float64))
+    x, y = make_batch(dtype=torch.float64)
+    losses, present, z = compute_losses(model, x, y)
+    multitask_backward(create_weighting("pcgrad", 3), losses, present,
+                       list(model.shared_parameters()), model.head_parameters(), z)  # fmt: skip
+    n_shared = len(list(model.shared_parameters()))
+    for p, e in list(zip(model.parameters(), expected, strict=True))[n_shared:]:
+        torch.testing.assert_close(p.grad, e)
+
+
+@pytest.mark.parametrize("backend", ["full", "representation"])
+def test_loop_fallback_matches_vmapped(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = []
+    for batched in (True, False):
+        monkeypatch.setattr(backward_mod, "_BATCHED_OK", batched)
+        torch.manual_seed(0)
+        model = TinyModel().double()
+        x, y = make_batch(dtype=torch.float64)
+        losses, present, z = compute_losses(model, x, y)
+        multitask_backward(create_weighting("upgrad", 3), losses, present,
+                           list(model.shared_parameters()), model.head_parameters(), z,
+                           backend=backend)  # fmt: skip
+        results.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_amp_overflow_is_passed_to_the_scaler() -> None:
+    model = TinyModel()
+    x, y = make_batch()
+    losses, present, z = compute_losses(model, x, y)
+    # finite losses whose scaled gradients overflow float32 (1e30 * 1e10 > 3.4e38)
+    multitask_backward(create_weighting("mgda", 3), losses * 1e30, present,
+                       list(model.shared_parameters()), model.head_parameters(), z,
+                       loss_scale=1e10)  # fmt: skip
+    assert any(
+        not torch.isfinite(p.grad).all() for p in model.shared_parameters() if p.grad is not None
+    )
+
+
+def test_task_gradient_cosine() -> None:
+    model = TinyModel().double()
+    x, y = make_batch(absent=(1,), dtype=torch.float64)
+    losses, present, _ = compute_losses(model, x, y)
+    shared = list(model.shared_parameters())
+    cos = task_gradient_cosine(losses, present, shared)
+    assert cos.shape == (3, 3)
+    assert torch.isnan(cos[1]).all() and torch.isnan(cos[:, 1]).all()
+    torch.testing.assert_close(cos[[0, 2], [0, 2]], torch.ones(2, dtype=torch.float64))
+    g = [
+        torch.cat(
+            [t.reshape(-1) for t in torch.autograd.grad(losses[i], shared, retain_graph=True)]
+        )
+        for i in (0, 2)
+    ]
+    expected = (g[0] @ g[1]) / (g[0].norm() * g[1].norm())
+    torch.testing.assert_close(cos[0, 2], expected)
+    torch.testing.assert_close(cos[2, 0], expected)
+    assert all(p.grad is None for p in shared)
+    losses.sum().backward()  # the graph was retained
+
+
+def test_nan_free_with_a_zero_gradient_task() -> None:
+    """A present task whose gradient is exactly zero must not produce NaN anywhere."""
+    g = torch.tensor([[1.0, 2.0], [0.0, 0.0], [-1.0, 0.5]], dtype=torch.float64)
+    for name in list_weightings():
+        m = create_weighting(name, 3)
+        if m.level != "gradient":
+            continue
+        d, w = m.aggregate(g, torch.ones(3, dtype=torch.float64), ALL3)
+        assert torch.isfinite(d).all() and torch.isfinite(w).all(), name
+    assert math.isfinite(1.0)
