@@ -8,6 +8,7 @@ with a one-paragraph error (exit code 2), never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -100,15 +101,27 @@ def cmd_augment(args: argparse.Namespace) -> None:
           f"in {out}; preview {out / 'preview.png'}")
 
 
-def _load_split_data(augmented: Path, split: str, tasks: Sequence[object]) -> object:
+def _feature_columns(schema: dict[str, Any]) -> list[str]:
+    return [f["column"] for f in schema.get("features", [])]
+
+
+def _load_split_data(augmented: Path, split: str, tasks: Sequence[Any],
+                     feature_columns: Sequence[str] = ()) -> Any:
     import torch
 
     from mtl.augment import load_split
     from mtl.train import SplitData
 
     images, labels = load_split(augmented / split)
+    features = None
+    if feature_columns:
+        missing = [c for c in feature_columns if c not in labels.columns]
+        if missing:
+            raise DataError(f"{augmented / split}: feature columns {missing} listed in "
+                            "schema.json are missing; rerun the augment stage")
+        features = torch.from_numpy(labels[list(feature_columns)].to_numpy(dtype="float32"))
     return SplitData(torch.from_numpy(np.ascontiguousarray(images)),
-                     {t.name: labels[t.name].to_numpy(dtype="float32") for t in tasks})  # type: ignore[attr-defined]
+                     {t.name: labels[t.name].to_numpy(dtype="float32") for t in tasks}, features)
 
 
 def _live(path: str) -> Any:
@@ -127,57 +140,101 @@ def _live(path: str) -> Any:
     return PipelineLive(path, dvcyaml=False, save_dvc_exp=False, report=None)
 
 
+def _relaunch_under_torchrun(nproc: int) -> int:
+    """Run this same ``mtl train`` command under torchrun with ``nproc`` processes."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "mtl", *sys.argv[1:]]
+    print(f"train: train.nproc={nproc}: launching {' '.join(cmd[1:])}", flush=True)
+    return subprocess.run(cmd, check=False).returncode
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     import torch
+    import torch.distributed as dist
 
     from mtl.schema import TaskSchema
-    from mtl.train import fit, select_device
+    from mtl.train import Distributed, clear_state, fit, select_device
 
     p = _params(args)
     cfg = p.train
+    if cfg.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        code = _relaunch_under_torchrun(cfg.nproc)
+        if code != 0:
+            raise SystemExit(code)
+        return
+    dist_ = Distributed.from_env()
     selected, augmented, out = Path(args.selected), Path(args.augmented), Path(args.out)
     schema = read_json(selected / "schema.json")
     meta = read_json(augmented / "meta.json")
     tasks = tuple(TaskSchema.from_dict(d) for d in schema["tasks"])
-    train = _load_split_data(augmented, "train", tasks)
-    val = _load_split_data(augmented, "val", tasks)
-    device = select_device(cfg.device)
-    print(f"train: {len(train)} training images, {len(val)} validation, device {device}, "  # type: ignore[arg-type]
-          f"tasks {[t.name for t in tasks]}, weighting {cfg.weighting}")
-    with _live(args.live) as live:
+    cols = _feature_columns(schema)
+    train = _load_split_data(augmented, "train", tasks, cols)
+    val = _load_split_data(augmented, "val", tasks, cols)
+    device = select_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if dist_.world_size > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        if dist_.is_main:
+            print(f"train: {len(train)} training images, {len(val)} validation, device {device}"
+                  f" × {dist_.world_size} process(es), tasks {[t.name for t in tasks]}, "
+                  f"{len(cols)} tabular feature(s), weighting {cfg.weighting}", flush=True)
+        live = _live(args.live) if dist_.is_main else None
+
         def log(epoch: int, row: dict[str, float]) -> None:
+            assert live is not None
             for k, v in row.items():
                 live.log_metric(k, v)
             live.next_step()
             print(f"  epoch {epoch + 1}/{cfg.epochs}: val score {row['val/score']:.4f}, "
                   f"{row['train/images_per_second']:.0f} img/s", flush=True)
 
-        model, result = fit(tasks, train, val, cfg, meta["channels"], device, log)  # type: ignore[arg-type]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({
-        "format": "mtl.checkpoint/1",
-        "state_dict": result.best_state,
-        "schema": schema,
-        "model": {"architecture": cfg.architecture, "backbone": cfg.backbone,
-                  "in_channels": meta["channels"], "image_size": meta["image_size"]},
-        "best_epoch": result.best_epoch,
-        "val_score": result.best_score,
-    }, out)
-    print(f"train: best epoch {result.best_epoch + 1} (val score {result.best_score:.4f}); "
-          f"model saved to {out}")
+        _, result = fit(tasks, train, val, cfg, meta["channels"], device,
+                            log if dist_.is_main else None, dist_)
+        if live is not None:
+            live.end()
+        if not dist_.is_main:
+            return
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({
+            "format": "mtl.checkpoint/1",
+            "state_dict": result.best_state,
+            "schema": schema,
+            "model": {"architecture": cfg.architecture, "backbone": cfg.backbone,
+                      "architecture_kwargs": dict(cfg.architecture_kwargs),
+                      "backbone_kwargs": dict(cfg.backbone_kwargs),
+                      "in_channels": meta["channels"], "image_size": meta["image_size"],
+                      "num_features": len(cols)},
+            "best_epoch": result.best_epoch,
+            "val_score": result.best_score,
+        }, out)
+        clear_state(cfg, tasks, train, val, meta["channels"], dist_.world_size)
+        resumed = (f" (resumed after epoch {result.resumed_from + 1})"
+                   if result.resumed_from is not None else "")
+        print(f"train: best epoch {result.best_epoch + 1} (val score {result.best_score:.4f})"
+              f"{resumed}; model saved to {out}")
+    finally:
+        if dist_.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
 
-def load_checkpoint(path: Path) -> tuple[object, tuple[object, ...], dict[str, object]]:
+def load_checkpoint(path: Path) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     """Rebuild the trained model from ``models/model.pt`` (``weights_only`` safe loading)."""
     import torch
 
     from mtl.models import create_model
     from mtl.schema import TaskSchema
 
+    if not path.is_file():
+        raise FileNotFoundError(f"no model checkpoint at {path}: run the train stage first")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     tasks = tuple(TaskSchema.from_dict(d) for d in ckpt["schema"]["tasks"])
     m = ckpt["model"]
-    model = create_model(m["architecture"], m["backbone"], tasks, in_channels=m["in_channels"])
+    model = create_model(m["architecture"], m["backbone"], tasks, in_channels=m["in_channels"],
+                         num_features=m.get("num_features", 0),
+                         architecture_kwargs=m.get("architecture_kwargs"),
+                         backbone_kwargs=m.get("backbone_kwargs"))
     model.load_state_dict(ckpt["state_dict"])
     return model, tasks, ckpt
 
@@ -189,21 +246,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mtl.train import select_device
 
     p = _params(args)
-    model, tasks, _ = load_checkpoint(Path(args.model))
-    test = _load_split_data(Path(args.augmented), "test", tasks)
+    model, tasks, ckpt = load_checkpoint(Path(args.model))
+    test = _load_split_data(Path(args.augmented), "test", tasks, _feature_columns(ckpt["schema"]))
     device = select_device(p.train.device)
-    result = evaluate_model(model.to(device), tasks, test.images, test.targets,  # type: ignore[attr-defined]
-                            device, p.evaluate.batch_size)
+    result = evaluate_model(model.to(device), tasks, test.images, test.targets,
+                            device, p.evaluate.batch_size, test.features)
     write_json(Path(args.metrics), result.metrics)
     plots = Path(args.plots)
     plots.mkdir(parents=True, exist_ok=True)
     for name, (actual, predicted) in result.pairs.items():
-        task = next(t for t in tasks if t.name == name)  # type: ignore[attr-defined]
-        classes = task.classes  # type: ignore[attr-defined]
+        task = next(t for t in tasks if t.name == name)
+        classes = task.classes
         pd.DataFrame({"actual": [classes[i] for i in actual],
                       "predicted": [classes[i] for i in predicted]}).to_csv(
             plots / f"confusion_{name}.csv", index=False)
-    report = render_report(result, tasks, read_json(Path(args.clean_report)),  # type: ignore[arg-type]
+    report = render_report(result, tasks, read_json(Path(args.clean_report)),
                            read_json(Path(args.select_report)))
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text(report)

@@ -51,12 +51,30 @@ class TaskConfig:
     name: str
     column: str
     kind: str = "multiclass"
+    # Declared classes (after normalisation); any other value becomes missing, with a reason.
+    classes: tuple[str, ...] | None = None
+    # Compare labels case-insensitively; the declared (else most frequent) spelling wins.
+    casefold: bool = False
+    # Raw spelling -> canonical label, applied after stripping (and case-folding when enabled).
+    synonyms: dict[str, str] = field(default_factory=dict)
 
     def problems(self, where: str) -> list[str]:
         kinds = [k.value for k in TaskKind]
+        out: list[str] = []
         if self.kind not in kinds:
-            return [f"{where}.kind: expected one of {kinds}, found {self.kind!r}"]
-        return []
+            out.append(f"{where}.kind: expected one of {kinds}, found {self.kind!r}")
+        bad = {k: v for k, v in self.synonyms.items()
+               if not isinstance(k, str) or not isinstance(v, str)}
+        if bad:
+            out.append(f"{where}.synonyms: expected a mapping of strings to strings, "
+                       f"found {bad!r}")
+        if self.classes is not None and self.kind == "regression":
+            out.append(f"{where}.classes: only classification tasks have classes, "
+                       f"found classes for regression task {self.name!r}")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            out.append(f"{where}.classes: expected distinct classes, found "
+                       f"{list(self.classes)}")
+        return out
 
 
 @dataclass(frozen=True)
@@ -70,9 +88,39 @@ class DatasetConfig:
     image_column: str | None = "image"
     image_template: str | None = None
     split_column: str | None = None
+    # Optional column of group ids (patient, product, session): a group never spans two splits.
+    group_column: str | None = None
+    # Label hierarchies as chains of task names, finest first, e.g.
+    # [articleType, subCategory, masterCategory]: each level must be a function of the previous.
+    hierarchy: tuple[tuple[str, ...], ...] = ()
+    # Tabular metadata columns offered to feature selection: column -> auto|numeric|categorical|text.
+    feature_columns: dict[str, str] = field(default_factory=dict)
+    # Also offer every other column (not id/image/split/group/task) with kind auto.
+    detect_features: bool = False
+    # Cell values (compared case-insensitively after stripping) that mean "missing".
+    missing_values: tuple[str, ...] = ("na", "n/a", "nan", "null")
 
     def problems(self, where: str) -> list[str]:
         out: list[str] = []
+        names_set = {t.name for t in self.tasks}
+        for i, chain in enumerate(self.hierarchy):
+            if len(chain) < 2:
+                out.append(f"{where}.hierarchy[{i}]: expected at least 2 task names "
+                           f"(finest first), found {list(chain)}")
+            unknown = [c for c in chain if c not in names_set]
+            if unknown:
+                out.append(f"{where}.hierarchy[{i}]: unknown task(s) {unknown} "
+                           f"(tasks: {sorted(names_set)})")
+        kinds = ("auto", "numeric", "categorical", "text")
+        for col, kind in self.feature_columns.items():
+            if kind not in kinds:
+                out.append(f"{where}.feature_columns.{col}: expected one of {list(kinds)}, "
+                           f"found {kind!r}")
+        task_cols = {t.column for t in self.tasks}
+        clash = sorted(set(self.feature_columns) & task_cols)
+        if clash:
+            out.append(f"{where}.feature_columns: {clash} are task label columns; a label "
+                       "cannot also be an input feature")
         if not self.tasks:
             out.append(f"{where}.tasks: expected at least one task, found none")
         if (self.image_column is None) == (self.image_template is None):
@@ -103,8 +151,8 @@ class IngestConfig:
     digit_split: tuple[float, float, float] = (0.7, 0.1, 0.2)
 
     def problems(self, where: str) -> list[str]:
-        out = [f"{where}.{k}: expected > 0, found {v}" for k, v in
-               (("n_train", self.n_train), ("n_val", self.n_val), ("n_test", self.n_test)) if v <= 0]
+        sizes = (("n_train", self.n_train), ("n_val", self.n_val), ("n_test", self.n_test))
+        out = [f"{where}.{k}: expected > 0, found {v}" for k, v in sizes if v <= 0]
         if len(self.digit_split) != 3 or abs(sum(self.digit_split) - 1) > 1e-6 or min(
                 self.digit_split) <= 0:
             out.append(f"{where}.digit_split: expected 3 positive fractions summing to 1, "
@@ -120,9 +168,34 @@ class CleanConfig:
     min_size: int = 8
     max_pixels: int = 40_000_000
     workers: int = 0
+    # Source modes (PIL names, e.g. CMYK, I;16, L) rejected instead of converted to ``mode``.
+    reject_modes: tuple[str, ...] = ()
+    # Perceptual-hash Hamming distance (of 64 bits) at or below which images are near
+    # duplicates and grouped (the split keeps a group together); -1 disables grouping.
+    near_duplicate_distance: int = 4
+    # Identical pixels with different labels: reject (all copies), keep_first, or missing
+    # (keep the first copy, set the conflicting tasks missing).
+    conflicting_duplicates: str = "reject"
+    # dataset.hierarchy violations: report, majority (relabel the parent to the child's
+    # majority parent), missing (set the parent missing), reject (the row).
+    hierarchy_action: str = "report"
+    # A task column with more unparseable non-empty values than this is a schema error.
+    max_bad_label_fraction: float = 0.5
 
     def problems(self, where: str) -> list[str]:
         out = []
+        if self.conflicting_duplicates not in ("reject", "keep_first", "missing"):
+            out.append(f"{where}.conflicting_duplicates: expected reject, keep_first or "
+                       f"missing, found {self.conflicting_duplicates!r}")
+        if self.hierarchy_action not in ("report", "majority", "missing", "reject"):
+            out.append(f"{where}.hierarchy_action: expected report, majority, missing or "
+                       f"reject, found {self.hierarchy_action!r}")
+        if not -1 <= self.near_duplicate_distance <= 32:
+            out.append(f"{where}.near_duplicate_distance: expected -1 (off) to 32, "
+                       f"found {self.near_duplicate_distance}")
+        if not 0 < self.max_bad_label_fraction <= 1:
+            out.append(f"{where}.max_bad_label_fraction: expected a fraction in (0, 1], "
+                       f"found {self.max_bad_label_fraction}")
         if self.mode not in ("L", "RGB"):
             out.append(f"{where}.mode: expected 'L' or 'RGB', found {self.mode!r}")
         if self.min_size < 1:
@@ -142,10 +215,41 @@ class SelectConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     min_classes: int = 2
+    # Task to stratify on, "all" (every classification task jointly) or null (first one).
     stratify: str | None = None
+    # Keep near-duplicate groups (clean) and dataset.group_column groups inside one split.
+    respect_groups: bool = True
+    # A task labelled on fewer than this fraction of rows is dropped.
+    min_coverage: float = 0.0
+    # Classes with fewer rows are merged into other_label ("other") or set missing ("missing").
+    min_class_count: int = 0
+    rare_classes: str = "other"
+    other_label: str = "other"
+    # Tabular feature selection (dataset.feature_columns / detect_features); fitted on train.
+    max_features: int = 32
+    max_missing: float = 0.5
+    max_dominance: float = 0.99
+    max_unique_ratio: float = 0.9
+    max_correlation: float = 0.95
+    leakage_threshold: float = 0.9
+    min_category_count: int = 5
+    max_categories: int = 20
 
     def problems(self, where: str) -> list[str]:
         out = []
+        if self.rare_classes not in ("other", "missing"):
+            out.append(f"{where}.rare_classes: expected other or missing, "
+                       f"found {self.rare_classes!r}")
+        for k in ("min_coverage", "max_missing", "max_dominance", "max_unique_ratio",
+                  "max_correlation", "leakage_threshold"):
+            v = getattr(self, k)
+            if not 0 <= v <= 1:
+                out.append(f"{where}.{k}: expected a fraction in [0, 1], found {v}")
+        for k in ("min_class_count", "max_features", "min_category_count", "max_categories"):
+            if getattr(self, k) < 0:
+                out.append(f"{where}.{k}: expected >= 0, found {getattr(self, k)}")
+        if not self.other_label.strip():
+            out.append(f"{where}.other_label: expected a non-empty label")
         for k, v in (("val_fraction", self.val_fraction), ("test_fraction", self.test_fraction)):
             if not 0 < v < 1:
                 out.append(f"{where}.{k}: expected a fraction in (0, 1), found {v}")
@@ -188,35 +292,59 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The multi-task model and its optimisation."""
+    """The multi-task model and its optimisation (every key is documented in README.md)."""
 
     seed: int = 0
     epochs: int = 8
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    scheduler: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_size: int = 10
+    gamma: float = 0.1
+    grad_clip: float = 0.0
+    grad_accum: int = 1
+    early_stopping: int = 0
     architecture: str = "hps"
+    architecture_kwargs: dict[str, Any] = field(default_factory=dict)
     backbone: str = "smallcnn"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
     weighting: str = "equal"
     weighting_kwargs: dict[str, Any] = field(default_factory=dict)
     backend: str = "full"
     device: str = "auto"
     amp: bool = True
-    num_workers: int = 0
+    channels_last: bool = False
+    compile: bool = False
+    num_threads: int = 0
+    nproc: int = 1
+    log_conflict_every: int = 50
+    checkpoint_dir: str = ".mtl/train-state"
+    resume: bool = True
 
     def problems(self, where: str) -> list[str]:
         out = []
-        for k in ("epochs", "batch_size"):
+        for k in ("epochs", "batch_size", "grad_accum", "nproc", "step_size"):
             if getattr(self, k) < 1:
                 out.append(f"{where}.{k}: expected >= 1, found {getattr(self, k)}")
+        for k in ("weight_decay", "grad_clip", "warmup_epochs", "momentum", "early_stopping",
+                  "num_threads", "log_conflict_every"):
+            if getattr(self, k) < 0:
+                out.append(f"{where}.{k}: expected >= 0, found {getattr(self, k)}")
         if self.lr <= 0:
             out.append(f"{where}.lr: expected > 0, found {self.lr}")
-        if self.weight_decay < 0:
-            out.append(f"{where}.weight_decay: expected >= 0, found {self.weight_decay}")
-        if self.backend not in ("full", "representation"):
-            out.append(f"{where}.backend: expected 'full' or 'representation', "
-                       f"found {self.backend!r}")
+        if not 0 < self.gamma <= 1:
+            out.append(f"{where}.gamma: expected a factor in (0, 1], found {self.gamma}")
+        choices = {"optimizer": ("adamw", "sgd"), "scheduler": ("cosine", "step", "none"),
+                   "backend": ("full", "representation")}
+        for k, valid in choices.items():
+            if getattr(self, k) not in valid:
+                out.append(f"{where}.{k}: expected one of {list(valid)}, "
+                           f"found {getattr(self, k)!r}")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             out.append(f"{where}.device: expected auto, cpu, cuda, cuda:N or mps, "
                        f"found {self.device!r}")
@@ -271,7 +399,8 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
             problems.append(f"{where}: expected a list, found {type(value).__name__} {value!r}")
             return ()
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{where}[{i}]", problems) for i, v in enumerate(value))
+            return tuple(_coerce(v, args[0], f"{where}[{i}]", problems)
+                         for i, v in enumerate(value))
         if len(value) != len(args):
             problems.append(f"{where}: expected {len(args)} items, found {len(value)}")
             return tuple(value)

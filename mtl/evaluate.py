@@ -37,13 +37,17 @@ def to_model_input(images: Tensor, device: torch.device) -> Tensor:
 
 
 @torch.no_grad()
-def predict(model: MultiTaskModel, images: Tensor, device: torch.device,
-            batch_size: int) -> dict[str, np.ndarray]:
-    """Raw head outputs for every image: ``{task: [N, K]}`` float32 numpy arrays."""
+def predict(model: MultiTaskModel, images: Tensor, device: torch.device, batch_size: int,
+            features: Tensor | None = None) -> dict[str, np.ndarray]:
+    """Raw head outputs for every image: ``{task: [N, K]}`` float32 numpy arrays.
+
+    ``features [N, F]`` are the tabular features chosen by the select stage, if any.
+    """
     model.eval()
     chunks: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(images), batch_size):
-        out = model(to_model_input(images[start:start + batch_size], device))
+        f = None if features is None else features[start:start + batch_size].to(device)
+        out = model(to_model_input(images[start:start + batch_size], device), f)
         for name, o in out.items():
             chunks.setdefault(name, []).append(o.float().cpu().numpy())
     return {name: np.concatenate(c) for name, c in chunks.items()}
@@ -96,9 +100,9 @@ class EvalResult:
 
 def evaluate_model(model: MultiTaskModel, tasks: Sequence[TaskSchema], images: Tensor,
                    targets: Mapping[str, np.ndarray], device: torch.device,
-                   batch_size: int) -> EvalResult:
+                   batch_size: int, features: Tensor | None = None) -> EvalResult:
     """Predict the test split and compute every task's metrics."""
-    outputs = predict(model, images, device, batch_size)
+    outputs = predict(model, images, device, batch_size, features)
     full = task_metrics(tasks, outputs, targets)
     metrics: dict[str, dict[str, float]] = {}
     confusion: dict[str, np.ndarray] = {}

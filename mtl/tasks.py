@@ -55,8 +55,9 @@ def masked_task_loss(task: TaskSchema, output: Tensor, target: Tensor) -> tuple[
     return F.mse_loss(out.squeeze(-1), y.float()), n
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, Any]:
-    """Accuracy, macro-F1 (over classes present in ``y_true`` or ``y_pred``) and the confusion matrix."""
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
+                           num_classes: int) -> dict[str, Any]:
+    """Accuracy, macro-F1 (over classes seen in ``y_true`` or ``y_pred``), confusion matrix."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     if len(y_true):
         np.add.at(cm, (y_true.astype(np.int64), y_pred.astype(np.int64)), 1)

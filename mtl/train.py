@@ -1,23 +1,33 @@
-"""train stage: a shared backbone with one head per task, balanced by a weighting method.
+"""train stage: a multi-task model balanced by a weighting method.
 
 ``train_one_epoch`` runs one pass over the training data, ``validate`` scores the validation
 split, and ``fit`` wires them: it keeps the state of the epoch with the best validation score
-(the test split is never seen here) and logs per-epoch metrics through a callback.
+(the test split is never seen here), stops early per params, writes a full-state checkpoint
+after every epoch (so a killed run resumes and ends bitwise identical on CPU) and reports each
+epoch through a callback. Under ``torchrun`` (``train.nproc > 1``) it trains with DDP and only
+rank 0 writes anything.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from mtl.config import TrainConfig
 from mtl.evaluate import predict, task_metrics, task_score, to_model_input
@@ -25,15 +35,17 @@ from mtl.models import create_model
 from mtl.models.base import MultiTaskModel
 from mtl.schema import TaskSchema
 from mtl.tasks import masked_task_loss
-from mtl.weighting import create_weighting
-from mtl.weighting.backward import multitask_backward
+from mtl.weighting import create_weighting, multitask_backward, task_gradient_cosine
 from mtl.weighting.base import Weighting
 
 __all__ = [
+    "Distributed",
     "EpochStats",
     "FitResult",
     "NonFiniteLossError",
     "SplitData",
+    "TrainLoop",
+    "clear_state",
     "fit",
     "seed_everything",
     "select_device",
@@ -48,10 +60,12 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass(frozen=True)
 class SplitData:
-    """One split in memory: ``images [N, H, W, C]`` uint8 and ``targets {task: [N]}`` float32."""
+    """One split in memory: ``images [N, H, W, C]`` uint8, ``targets {task: [N]}`` float32
+    (NaN = missing) and the selected tabular ``features [N, F]`` float32 (``None`` if none)."""
 
     images: Tensor
     targets: dict[str, np.ndarray]
+    features: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -60,6 +74,42 @@ class SplitData:
         """``[N, T]`` float32 with NaN for missing labels, in ``tasks`` order."""
         return torch.from_numpy(np.stack([self.targets[t.name] for t in tasks], axis=1))
 
+    def fingerprint(self) -> str:
+        """Cheap content hash (targets, features, image shape and a strided pixel sample)."""
+        h = hashlib.sha1(str(tuple(self.images.shape)).encode())
+        for name in sorted(self.targets):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(self.targets[name]).tobytes())
+        if self.features is not None:
+            h.update(self.features.numpy().tobytes())
+        flat = self.images.reshape(-1)
+        h.update(flat[:: max(1, len(flat) // 65536)].numpy().tobytes())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Process-group facts (``world_size == 1`` when not under torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+
+    def mean(self, t: Tensor) -> Tensor:
+        """All-reduce average across processes (identity on one process)."""
+        if self.world_size == 1:
+            return t
+        t = t.clone()
+        dist.all_reduce(t)
+        return t / self.world_size
+
 
 @dataclass
 class EpochStats:
@@ -67,6 +117,7 @@ class EpochStats:
 
     loss: dict[str, float]
     weights: dict[str, float]
+    conflict: dict[str, float]
     images_per_second: float
     steps: int
 
@@ -79,6 +130,25 @@ class FitResult:
     best_epoch: int
     best_score: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+@dataclass
+class TrainLoop:
+    """Everything one optimisation step needs (built once by ``fit``)."""
+
+    model: MultiTaskModel
+    weighting: Weighting
+    tasks: Sequence[TaskSchema]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    cfg: TrainConfig
+    generator: torch.Generator
+    scaler: torch.amp.GradScaler | None = None
+    ddp: nn.Module | None = None
+    dist: Distributed = field(default_factory=Distributed)
+    step: int = 0
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -89,20 +159,24 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def select_device(name: str) -> torch.device:
+def select_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` picks CUDA when present, else CPU; an explicit device that is absent is an error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"train.device={name!r} but no CUDA device is available "
                            "(use 'auto' to fall back to the CPU)")
+    if name == "cuda":
+        return torch.device(f"cuda:{local_rank}")
     return torch.device(name)
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+def _batches(n: int, batch_size: int, generator: torch.Generator,
+             dist_: Distributed) -> Iterator[Tensor]:
+    """Seeded global batches; under DDP each process takes its strided share of each one."""
     order = torch.randperm(n, generator=generator)
     for start in range(0, n, batch_size):
-        yield order[start:start + batch_size]
+        yield order[start:start + batch_size][dist_.rank::dist_.world_size]
 
 
 def _autocast(device: torch.device, amp: bool) -> Any:
@@ -113,67 +187,135 @@ def _autocast(device: torch.device, amp: bool) -> Any:
     return torch.autocast("cuda", dtype=dtype)
 
 
-def _needs_scaler(device: torch.device, amp: bool) -> bool:
-    return amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+class _EncodeDecode(nn.Module):
+    """Forward returning ``(z, outputs)``, so DDP sees the whole model in one forward call."""
+
+    def __init__(self, model: MultiTaskModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, features: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        z = self.model.encode(x, features)
+        return z, self.model.decode(z)
 
 
-def train_one_epoch(model: MultiTaskModel, weighting: Weighting, tasks: Sequence[TaskSchema],
-                    data: SplitData, optimizer: torch.optim.Optimizer, device: torch.device,
-                    cfg: TrainConfig, generator: torch.Generator,
-                    scaler: torch.amp.GradScaler | None = None, epoch: int = 0) -> EpochStats:
+def _forward(loop: TrainLoop, x: Tensor, f: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+    if loop.ddp is not None:
+        out: tuple[Tensor, dict[str, Tensor]] = loop.ddp(x, f)
+        return out
+    z = loop.model.encode(x, f)
+    return z, loop.model.decode(z)
+
+
+def _losses(loop: TrainLoop, outputs: dict[str, Tensor], y: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-task masked losses ``[T]`` and which tasks are present ``[T]`` (bool)."""
+    per_task = [masked_task_loss(t, outputs[t.name], y[:, i]) for i, t in enumerate(loop.tasks)]
+    losses = torch.stack([loss.float() for loss, _ in per_task])
+    present = torch.tensor([n > 0 for _, n in per_task], device=losses.device)
+    if not torch.isfinite(losses).all():
+        bad = [t.name for t, v in zip(loop.tasks, losses.tolist(), strict=True)
+               if not math.isfinite(v)]
+        values = dict(zip([t.name for t in loop.tasks], losses.tolist(), strict=True))
+        raise NonFiniteLossError(f"non-finite loss for task(s) {bad} at optimiser step "
+                                 f"{loop.step}: {values}")
+    return losses, present
+
+
+def _optimizer_step(loop: TrainLoop) -> None:
+    if loop.cfg.grad_clip > 0:
+        if loop.scaler is not None:
+            loop.scaler.unscale_(loop.optimizer)
+        params = [p for g in loop.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, loop.cfg.grad_clip)
+    if loop.scaler is not None:
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+    else:
+        loop.optimizer.step()
+    loop.scheduler.step()
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.step += 1
+
+
+def train_one_epoch(loop: TrainLoop, data: SplitData, epoch: int = 0) -> EpochStats:
     """One pass over ``data`` in seeded random order; returns mean per-task losses and weights."""
+    cfg, tasks, model = loop.cfg, loop.tasks, loop.model
     model.train()
     targets = data.target_matrix(tasks)  # [N, T]
     shared = list(model.shared_parameters())
-    head = [p for t in tasks for p in model.task_parameters(t.name)]
-    loss_sum = torch.zeros(len(tasks), dtype=torch.float64)
-    weight_sum = torch.zeros(len(tasks), dtype=torch.float64)
-    loss_count = torch.zeros(len(tasks), dtype=torch.float64)
-    steps, seen, start = 0, 0, time.perf_counter()
-    for idx in _batches(len(data), cfg.batch_size, generator):
-        x = to_model_input(data.images[idx], device)
-        y = targets[idx].to(device)  # [B, T]
-        with _autocast(device, cfg.amp):
-            z = model.encode(x)
-            outputs = model.decode(z)
-        per_task = [masked_task_loss(t, outputs[t.name], y[:, i]) for i, t in enumerate(tasks)]
-        losses = torch.stack([loss for loss, _ in per_task])  # [T]
-        present = torch.tensor([n > 0 for _, n in per_task], device=losses.device)
-        if not torch.isfinite(losses).all():
-            bad = [t.name for t, v in zip(tasks, losses.tolist(), strict=True) if not math.isfinite(v)]
-            raise NonFiniteLossError(f"non-finite loss for task(s) {bad} at epoch {epoch}, "
-                                     f"step {steps}: {losses.tolist()}")
-        optimizer.zero_grad(set_to_none=True)
-        scale = float(scaler.get_scale()) if scaler is not None else 1.0
-        w = multitask_backward(weighting, losses, present, shared, head, representation=z,
-                               backend=cfg.backend, loss_scale=scale)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        weighting.step_end(losses.detach(), present)
-        pres = present.cpu().double()
+    heads = [p for t in tasks for p in model.task_parameters(t.name)]
+    t_count = len(tasks)
+    loss_sum = torch.zeros(t_count, dtype=torch.float64)
+    weight_sum = torch.zeros(t_count, dtype=torch.float64)
+    count = torch.zeros(t_count, dtype=torch.float64)
+    cos_sum: dict[str, float] = {}
+    cos_n = 0
+    micro, seen, start = 0, 0, time.perf_counter()
+    batches = list(_batches(len(data), cfg.batch_size, loop.generator, loop.dist))
+    loop.optimizer.zero_grad(set_to_none=True)
+    for i, idx in enumerate(batches):
+        x = to_model_input(data.images[idx], loop.device)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        f = data.features[idx].to(loop.device) if data.features is not None else None
+        y = targets[idx].to(loop.device)  # [B, T]
+        with _autocast(loop.device, cfg.amp):
+            z, outputs = _forward(loop, x, f)
+        losses, present = _losses(loop, outputs, y)
+        if cfg.log_conflict_every and t_count > 1 and loop.step % cfg.log_conflict_every == 0 \
+                and micro == 0 and loop.dist.world_size == 1:
+            cos = task_gradient_cosine(losses, present, shared)  # [T, T], NaN if absent
+            for a, b in combinations(range(t_count), 2):
+                key = f"{tasks[a].name}~{tasks[b].name}"
+                if not math.isnan(float(cos[a, b])):
+                    cos_sum[key] = cos_sum.get(key, 0.0) + float(cos[a, b])
+            cos_n += 1
+        scale = 1.0
+        if loop.scaler is not None:
+            loop.scaler.scale(losses.detach().sum())  # initialises the scale on first use
+            scale = float(loop.scaler.get_scale())
+        w = multitask_backward(loop.weighting, losses, present, shared, heads,
+                               representation=z, backend=cfg.backend,
+                               loss_scale=scale / cfg.grad_accum)
+        _sync_weighting_grads(loop)
+        micro += 1
+        if micro == cfg.grad_accum or i == len(batches) - 1:
+            _optimizer_step(loop)
+            micro = 0
+        mean_losses = loop.dist.mean(losses.detach())
+        loop.weighting.step_end(mean_losses, present)
+        pres = present.detach().cpu().double()
         loss_sum += losses.detach().cpu().double() * pres
         weight_sum += w.detach().cpu().double() * pres
-        loss_count += pres
-        steps += 1
-        seen += len(idx)
+        count += pres
+        seen += len(idx) * loop.dist.world_size
     elapsed = time.perf_counter() - start
-    mean_loss = loss_sum / loss_count.clamp(min=1)
-    weighting.epoch_end(mean_loss.float(), loss_count > 0)
+    mean_loss = loop.dist.mean((loss_sum / count.clamp(min=1)).to(loop.device)).cpu()
+    loop.weighting.epoch_end(mean_loss.float().to(loop.device), (count > 0).to(loop.device))
     return EpochStats(
         loss={t.name: float(mean_loss[i]) for i, t in enumerate(tasks)},
-        weights={t.name: float(weight_sum[i] / max(loss_count[i], 1)) for i, t in enumerate(tasks)},
+        weights={t.name: float(weight_sum[i] / max(float(count[i]), 1.0))
+                 for i, t in enumerate(tasks)},
+        conflict={k: v / cos_n for k, v in cos_sum.items()} if cos_n else {},
         images_per_second=seen / elapsed if elapsed > 0 else math.nan,
-        steps=steps,
+        steps=len(batches),
     )
+
+
+def _sync_weighting_grads(loop: TrainLoop) -> None:
+    """Average the gradients of learnable weightings (uncertainty) across DDP processes."""
+    if loop.dist.world_size == 1:
+        return
+    for p in loop.weighting.parameters():
+        if p.grad is not None:
+            p.grad.copy_(loop.dist.mean(p.grad))
 
 
 def validate(model: MultiTaskModel, tasks: Sequence[TaskSchema], data: SplitData,
              device: torch.device, batch_size: int) -> tuple[float, dict[str, dict[str, Any]]]:
     """Mean task score (accuracy, or R² for regression) on ``data`` and per-task metrics."""
-    metrics = task_metrics(tasks, predict(model, data.images, device, batch_size), data.targets)
+    outputs = predict(model, data.images, device, batch_size, data.features)
+    metrics = task_metrics(tasks, outputs, data.targets)
     scores = [task_score(t, metrics[t.name]) for t in tasks]
     finite = [s for s in scores if not math.isnan(s)]
     return (float(np.mean(finite)) if finite else math.nan), metrics
@@ -182,38 +324,182 @@ def validate(model: MultiTaskModel, tasks: Sequence[TaskSchema], data: SplitData
 Logger = Callable[[int, dict[str, float]], None]
 
 
-def fit(tasks: Sequence[TaskSchema], train: SplitData, val: SplitData, cfg: TrainConfig,
-        in_channels: int, device: torch.device, log: Logger | None = None) -> tuple[
-            MultiTaskModel, FitResult]:
-    """Build the model and weighting from ``cfg``, train for ``cfg.epochs`` and keep the best."""
+def _build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step LR factor: linear warm-up, then cosine to 0, step decay, or constant."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.scheduler == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if cfg.scheduler == "step":
+            return float(cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _epoch_row(stats: EpochStats, score: float, metrics: dict[str, dict[str, Any]],
+               tasks: Sequence[TaskSchema], lr: float) -> dict[str, float]:
+    row: dict[str, float] = {"val/score": score, "train/images_per_second":
+                             stats.images_per_second, "train/lr": lr}
+    for t in tasks:
+        row[f"train/loss/{t.name}"] = stats.loss[t.name]
+        row[f"train/weight/{t.name}"] = stats.weights[t.name]
+        for k in ("accuracy", "macro_f1", "mae", "rmse"):
+            if k in metrics[t.name]:
+                row[f"val/{k}/{t.name}"] = float(metrics[t.name][k])
+    for pair, cos in stats.conflict.items():
+        row[f"conflict/cosine/{pair}"] = cos
+    return row
+
+
+def state_path(cfg: TrainConfig, tasks: Sequence[TaskSchema], train: SplitData,
+               val: SplitData, in_channels: int, world_size: int) -> Path:
+    """Where this exact run's resumable state lives: keyed by config, tasks and data."""
+    key = json.dumps({"cfg": asdict(cfg), "tasks": [t.to_dict() for t in tasks],
+                      "train": train.fingerprint(), "val": val.fingerprint(),
+                      "in_channels": in_channels, "world_size": world_size},
+                     sort_keys=True, default=str)
+    return Path(cfg.checkpoint_dir) / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "batches": generator.get_state(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator.set_state(state["batches"])
+
+
+def _save_state(path: Path, loop: TrainLoop, epoch: int, result: FitResult, stale: int) -> None:
+    """Atomic full-state checkpoint (a kill during the write leaves the previous one intact)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({
+        "epoch": epoch, "step": loop.step, "stale": stale,
+        "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+        "scheduler": loop.scheduler.state_dict(), "weighting": loop.weighting.state_dict(),
+        "scaler": loop.scaler.state_dict() if loop.scaler is not None else None,
+        "rng": _rng_state(loop.generator),
+        "best_state": result.best_state, "best_epoch": result.best_epoch,
+        "best_score": result.best_score, "history": result.history,
+    }, tmp)
+    os.replace(tmp, path)
+
+
+def _build_loop(tasks: Sequence[TaskSchema], cfg: TrainConfig, in_channels: int,
+                num_features: int, device: torch.device, steps_per_epoch: int,
+                dist_: Distributed) -> TrainLoop:
     generator = seed_everything(cfg.seed)
     model = create_model(cfg.architecture, cfg.backbone, tasks, in_channels=in_channels,
-                         pretrained=cfg.pretrained).to(device)
+                         num_features=num_features, pretrained=cfg.pretrained,
+                         architecture_kwargs=cfg.architecture_kwargs,
+                         backbone_kwargs=cfg.backbone_kwargs).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     weighting = create_weighting(cfg.weighting, len(tasks), **cfg.weighting_kwargs).to(device)
+    ddp: nn.Module | None = None
+    if dist_.world_size > 1:
+        if weighting.level != "loss":
+            raise ValueError(
+                f"train.weighting={cfg.weighting!r} is a gradient-level method; under DDP "
+                "(train.nproc > 1) each process would balance only its own shard's gradients, "
+                "so it is refused. Use a loss-level method (mtl list weightings; see "
+                "docs/weighting.md) or train.nproc: 1.")
+        ddp = DistributedDataParallel(_EncodeDecode(model),
+                                      device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model.encode = torch.compile(model.encode)  # type: ignore[method-assign]
     params = list(model.parameters()) + list(weighting.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if _needs_scaler(device, cfg.amp) else None
-    result: FitResult | None = None
-    for epoch in range(cfg.epochs):
-        stats = train_one_epoch(model, weighting, tasks, train, optimizer, device, cfg,
-                                generator, scaler, epoch)
-        score, metrics = validate(model, tasks, val if len(val) else train, device,
+    optimizer = _build_optimizer(params, cfg)
+    scheduler = _build_scheduler(optimizer, cfg, steps_per_epoch)
+    needs_scaler = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
+    return TrainLoop(model, weighting, tasks, optimizer, scheduler, device, cfg, generator,
+                     scaler, ddp, dist_)
+
+
+def _restore(loop: TrainLoop, state: dict[str, Any]) -> FitResult:
+    loop.model.load_state_dict(state["model"])
+    loop.optimizer.load_state_dict(state["optimizer"])
+    loop.scheduler.load_state_dict(state["scheduler"])
+    loop.weighting.load_state_dict(state["weighting"])
+    if loop.scaler is not None and state["scaler"] is not None:
+        loop.scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"], loop.generator)
+    loop.step = state["step"]
+    return FitResult(state["best_state"], state["best_epoch"], state["best_score"],
+                     state["history"], resumed_from=state["epoch"])
+
+
+def fit(tasks: Sequence[TaskSchema], train: SplitData, val: SplitData, cfg: TrainConfig,
+        in_channels: int, device: torch.device, log: Logger | None = None,
+        dist_: Distributed | None = None) -> tuple[MultiTaskModel, FitResult]:
+    """Build the model and weighting from ``cfg``, train, keep the best epoch on validation."""
+    dist_ = dist_ or Distributed()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    steps_per_epoch = math.ceil(math.ceil(len(train) / cfg.batch_size) / cfg.grad_accum)
+    num_features = 0 if train.features is None else int(train.features.shape[1])
+    loop = _build_loop(tasks, cfg, in_channels, num_features, device, steps_per_epoch, dist_)
+    path = state_path(cfg, tasks, train, val, in_channels, dist_.world_size)
+    result = FitResult({}, -1, -math.inf)
+    stale, first_epoch = 0, 0
+    if cfg.resume and path.is_file():
+        state = torch.load(path, map_location=device, weights_only=True)
+        result = _restore(loop, state)
+        stale, first_epoch = state["stale"], state["epoch"] + 1
+        if log is not None and dist_.is_main:
+            for row in result.history:  # replay, so the metrics files hold every epoch
+                log(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
+    for epoch in range(first_epoch, cfg.epochs):
+        if cfg.early_stopping and stale >= cfg.early_stopping:
+            break
+        stats = train_one_epoch(loop, train, epoch)
+        score, metrics = validate(loop.model, tasks, val if len(val) else train, device,
                                   cfg.batch_size * 4)
-        row: dict[str, float] = {"val/score": score, "train/images_per_second":
-                                 stats.images_per_second}
-        for t in tasks:
-            row[f"train/loss/{t.name}"] = stats.loss[t.name]
-            row[f"train/weight/{t.name}"] = stats.weights[t.name]
-            for k in ("accuracy", "macro_f1", "mae", "rmse"):
-                if k in metrics[t.name]:
-                    row[f"val/{k}/{t.name}"] = float(metrics[t.name][k])
-        if log is not None:
+        row = _epoch_row(stats, score, metrics, tasks, float(loop.scheduler.get_last_lr()[0]))
+        if log is not None and dist_.is_main:
             log(epoch, row)
-        if result is None or score > result.best_score:
-            best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            history = result.history if result is not None else []
-            result = FitResult(best, epoch, score, history)
+        if score > result.best_score or not result.best_state:
+            result.best_state = {k: v.detach().cpu().clone()
+                                 for k, v in loop.model.state_dict().items()}
+            result.best_epoch, result.best_score, stale = epoch, score, 0
+        else:
+            stale += 1
         result.history.append({"epoch": epoch, **row})
-    assert result is not None
-    model.load_state_dict(result.best_state)
-    return model, result
+        if dist_.is_main:
+            _save_state(path, loop, epoch, result, stale)
+    loop.model.load_state_dict(result.best_state)
+    return loop.model, result
+
+
+def clear_state(cfg: TrainConfig, tasks: Sequence[TaskSchema], train: SplitData,
+                val: SplitData, in_channels: int, world_size: int = 1) -> None:
+    """Remove the resumable state of a finished run (its result is the stage's model file)."""
+    state_path(cfg, tasks, train, val, in_channels, world_size).unlink(missing_ok=True)

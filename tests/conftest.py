@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,7 +70,7 @@ def clean_cfg() -> CleanConfig:
     return CleanConfig(mode="L", min_size=4, max_pixels=10_000_000, workers=1)
 
 
-def _run(cmd: list[str], cwd: Path) -> "subprocess.CompletedProcess[str]":
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     import subprocess
     import sys
 
@@ -99,7 +101,6 @@ TINY_PARAMS = {
 def make_project(dest: Path, overrides: dict | None = None) -> Path:  # type: ignore[type-arg]
     """A copy of this project's dvc.yaml, params.yaml and code in a fresh git + DVC repo."""
     import shutil
-    import sys
 
     import yaml
 

@@ -25,7 +25,7 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class MultiMNIST:
-    """Composed images ``[N, 28, 28]`` uint8 and their labels table (id, image, split, left, right)."""
+    """Composed images ``[N, 28, 28]`` uint8 and their labels (id, image, split, left, right)."""
 
     images: np.ndarray
     table: pd.DataFrame

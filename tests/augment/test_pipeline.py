@@ -51,7 +51,7 @@ def test_augment_writes_shards_and_only_train_is_augmented(make_dataset, tmp_pat
     # Copies carry their source's labels.
     first = labels[labels["id"] == labels["id"][0]]
     assert len(first) == 3 and first["a"].nunique() == 1
-    val_images, val_labels = load_split(out / "val")
+    _, val_labels = load_split(out / "val")
     assert set(val_labels["copy"]) == {0}
     # Same seed, same bytes.
     again = augment(splits, root, "L", cfg, tmp_path / "aug2")
