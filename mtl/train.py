@@ -45,6 +45,7 @@ __all__ = [
     "NonFiniteLossError",
     "SplitData",
     "TrainLoop",
+    "amp_dtype",
     "clear_state",
     "fit",
     "seed_everything",
@@ -179,12 +180,17 @@ def _batches(n: int, batch_size: int, generator: torch.Generator,
         yield order[start:start + batch_size][dist_.rank::dist_.world_size]
 
 
-def _autocast(device: torch.device, amp: bool) -> Any:
-    """bf16 autocast on CUDA when supported (no scaler needed), fp16 otherwise; off on CPU."""
-    if not amp or device.type != "cuda":
-        return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: None (off: CPU or ``amp: false``), bf16 (no scaler needed) or fp16."""
+    if not cfg.amp or device.type != "cuda":
+        return None
+    if cfg.amp_dtype == "fp16" or (cfg.amp_dtype == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 class _EncodeDecode(nn.Module):
@@ -259,7 +265,7 @@ def train_one_epoch(loop: TrainLoop, data: SplitData, epoch: int = 0) -> EpochSt
             x = x.contiguous(memory_format=torch.channels_last)
         f = data.features[idx].to(loop.device) if data.features is not None else None
         y = targets[idx].to(loop.device)  # [B, T]
-        with _autocast(loop.device, cfg.amp):
+        with _autocast(loop.device, amp_dtype(cfg, loop.device)):
             z, outputs = _forward(loop, x, f)
         losses, present = _losses(loop, outputs, y)
         if cfg.log_conflict_every and t_count > 1 and loop.step % cfg.log_conflict_every == 0 \
@@ -438,8 +444,8 @@ def _build_loop(tasks: Sequence[TaskSchema], cfg: TrainConfig, in_channels: int,
     params = list(model.parameters()) + list(weighting.parameters())
     optimizer = _build_optimizer(params, cfg)
     scheduler = _build_scheduler(optimizer, cfg, steps_per_epoch)
-    needs_scaler = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
+    # fp16 needs loss scaling (its range underflows small gradients); bf16 does not.
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype(cfg, device) == torch.float16 else None
     return TrainLoop(model, weighting, tasks, optimizer, scheduler, device, cfg, generator,
                      scaler, ddp, dist_)
 
