@@ -172,7 +172,7 @@ class CleanConfig:
     reject_modes: tuple[str, ...] = ()
     # Perceptual-hash Hamming distance (of 64 bits) at or below which images are near
     # duplicates and grouped (the split keeps a group together); -1 disables grouping.
-    near_duplicate_distance: int = 4
+    near_duplicate_distance: int = 0
     # Identical pixels with different labels: reject (all copies), keep_first, or missing
     # (keep the first copy, set the conflicting tasks missing).
     conflicting_duplicates: str = "reject"
@@ -318,6 +318,7 @@ class TrainConfig:
     backend: str = "full"
     device: str = "auto"
     amp: bool = True
+    amp_dtype: str = "auto"
     channels_last: bool = False
     compile: bool = False
     num_threads: int = 0
@@ -340,7 +341,7 @@ class TrainConfig:
         if not 0 < self.gamma <= 1:
             out.append(f"{where}.gamma: expected a factor in (0, 1], found {self.gamma}")
         choices = {"optimizer": ("adamw", "sgd"), "scheduler": ("cosine", "step", "none"),
-                   "backend": ("full", "representation")}
+                   "backend": ("full", "representation"), "amp_dtype": ("auto", "bf16", "fp16")}
         for k, valid in choices.items():
             if getattr(self, k) not in valid:
                 out.append(f"{where}.{k}: expected one of {list(valid)}, "
