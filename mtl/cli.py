@@ -60,10 +60,14 @@ def cmd_clean(args: argparse.Namespace) -> None:
     result.manifest.to_parquet(out / "manifest.parquet", index=False)
     result.rejects.to_csv(out / "rejects.csv", index=False)
     result.label_issues.to_csv(out / "label_issues.csv", index=False)
+    result.near_duplicates.to_csv(out / "near_duplicates.csv", index=False)
     write_json(out / "report.json", result.report)
     r = result.report
+    d = r["duplicates"]
     print(f"clean: {r['raw_rows']} raw rows -> {r['clean_rows']} clean, {r['rejected_rows']} "
-          f"rejected {r['rejects_by_reason']} (see {out / 'rejects.csv'})")
+          f"rejected {r['rejects_by_reason']} (see {out / 'rejects.csv'}); "
+          f"{d.get('near_duplicate_groups', 0)} near-duplicate groups "
+          f"({out / 'near_duplicates.csv'}); label issues {r['label_issues_by_task']}")
 
 
 def cmd_select(args: argparse.Namespace) -> None:
@@ -81,8 +85,11 @@ def cmd_select(args: argparse.Namespace) -> None:
     write_json(out / "schema.json", result.schema)
     write_json(out / "report.json", result.report)
     kept = [t.name for t in result.tasks]
-    print(f"select: tasks {kept}; split {result.report['split_sizes']} "
-          f"({result.report['split_source']})")
+    dropped = {k: v["reason"] for k, v in result.report["tasks"].items() if not v["kept"]}
+    feats = result.report["features"]
+    print(f"select: tasks {kept}" + (f" (dropped: {dropped})" if dropped else "")
+          + f"; split {result.report['split_sizes']} ({result.report['split_source']}); "
+          f"{len(feats['kept'])} tabular feature(s) kept, dropped {feats['dropped_by_reason']}")
 
 
 def cmd_augment(args: argparse.Namespace) -> None:
@@ -121,7 +128,16 @@ def _load_split_data(augmented: Path, split: str, tasks: Sequence[Any],
                             "schema.json are missing; rerun the augment stage")
         features = torch.from_numpy(labels[list(feature_columns)].to_numpy(dtype="float32"))
     return SplitData(torch.from_numpy(np.ascontiguousarray(images)),
-                     {t.name: labels[t.name].to_numpy(dtype="float32") for t in tasks}, features)
+                     {t.name: _target_array(labels[t.name], t) for t in tasks}, features)
+
+
+def _target_array(column: Any, task: Any) -> np.ndarray:
+    """``[N]`` float32, or ``[N, K]`` for a multilabel list column (a missing row is NaN)."""
+    if task.kind.value != "multilabel":
+        return np.asarray(column.to_numpy(dtype="float32"))
+    k = len(task.classes)
+    return np.stack([np.full(k, np.nan, np.float32) if v is None else
+                     np.asarray(v, dtype=np.float32) for v in column])
 
 
 def _live(path: str) -> Any:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from mtl.models.base import MultiTaskModel
 from mtl.schema import TaskKind, TaskSchema
-from mtl.tasks import classification_metrics, regression_metrics
+from mtl.tasks import classification_metrics, multilabel_metrics, regression_metrics
 
 __all__ = [
     "EvalResult",
@@ -59,6 +59,8 @@ def _decode(task: TaskSchema, output: np.ndarray) -> np.ndarray:
         return output.argmax(axis=1)
     if task.kind is TaskKind.BINARY:
         return (output[:, 0] > 0).astype(np.int64)
+    if task.kind is TaskKind.MULTILABEL:
+        return (output > 0).astype(np.int64)  # [N, K] multi-hot
     return output[:, 0] * task.std + task.mean
 
 
@@ -71,9 +73,11 @@ def task_metrics(tasks: Sequence[TaskSchema], outputs: Mapping[str, np.ndarray],
     out: dict[str, dict[str, Any]] = {}
     for task in tasks:
         y = targets[task.name]
-        keep = ~np.isnan(y)
+        keep = ~np.isnan(y if y.ndim == 1 else y[:, 0])
         pred = _decode(task, outputs[task.name][keep])
-        if task.kind is TaskKind.REGRESSION:
+        if task.kind is TaskKind.MULTILABEL:
+            out[task.name] = multilabel_metrics(y[keep], pred)
+        elif task.kind is TaskKind.REGRESSION:
             out[task.name] = regression_metrics(y[keep] * task.std + task.mean, pred)
         else:
             k = len(task.classes)
@@ -111,7 +115,7 @@ def evaluate_model(model: MultiTaskModel, tasks: Sequence[TaskSchema], images: T
         m = dict(full[task.name])
         if "confusion" in m:
             confusion[task.name] = m.pop("confusion")
-            keep = ~np.isnan(targets[task.name])
+            keep = ~np.isnan(targets[task.name])  # classification targets are [N]
             pairs[task.name] = (targets[task.name][keep].astype(np.int64),
                                 _decode(task, outputs[task.name][keep]))
         metrics[task.name] = {k: (float(v) if k != "n" else int(v)) for k, v in m.items()}
@@ -139,7 +143,7 @@ def render_report(result: EvalResult, tasks: Sequence[TaskSchema], clean_report:
               "|---|---|---|---|---|"]
     for task in tasks:
         m = result.metrics[task.name]
-        for key in ("accuracy", "macro_f1", "mae", "rmse"):
+        for key in ("accuracy", "macro_f1", "micro_f1", "mae", "rmse"):
             if key in m:
                 lines.append(f"| {task.name} | {task.kind.value} | {key} | {_fmt(m[key])} "
                              f"| {m['n']} |")

@@ -4,7 +4,9 @@ Targets travel through the pipeline as one ``float32`` column per task (``NaN`` 
 
 * ``multiclass``: the class index ``0..K-1`` (decoded with the vocabulary in ``schema.json``);
 * ``binary``: ``0.0`` or ``1.0`` (index into the two-class vocabulary);
-* ``regression``: the value standardised with the mean and std stored in the schema.
+* ``regression``: the value standardised with the mean and std stored in the schema;
+* ``multilabel``: a multi-hot vector ``[K]`` (a list column; one label string such as
+  ``"red|blue"`` in the raw table), ``None``/NaN when the sample has no label for the task.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class TaskKind(str, Enum):
     MULTICLASS = "multiclass"
     BINARY = "binary"
     REGRESSION = "regression"
+    MULTILABEL = "multilabel"
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,6 @@ class TaskSchema:
 
 def head_size(task: TaskSchema) -> int:
     """Number of outputs the task's head produces."""
-    if task.kind is TaskKind.MULTICLASS:
+    if task.kind in (TaskKind.MULTICLASS, TaskKind.MULTILABEL):
         return len(task.classes)
     return 1

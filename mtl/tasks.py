@@ -28,6 +28,7 @@ __all__ = [
     "classification_metrics",
     "head_size",
     "masked_task_loss",
+    "multilabel_metrics",
     "regression_metrics",
 ]
 
@@ -40,7 +41,8 @@ def masked_task_loss(task: TaskSchema, output: Tensor, target: Tensor) -> tuple[
     the graph when no sample has the label, so it adds no gradient) and the count of labelled
     samples.
     """
-    present = ~torch.isnan(target)
+    # A multilabel target is [B, K]: a sample is labelled when its row is not NaN.
+    present = ~torch.isnan(target if target.dim() == 1 else target[:, 0])
     n = int(present.sum())
     if n == 0:
         # Multiplying by zero keeps the graph connected (DDP and autograd.grad need every
@@ -52,6 +54,8 @@ def masked_task_loss(task: TaskSchema, output: Tensor, target: Tensor) -> tuple[
         return F.cross_entropy(out, y.long()), n
     if task.kind is TaskKind.BINARY:
         return F.binary_cross_entropy_with_logits(out.squeeze(-1), y.float()), n
+    if task.kind is TaskKind.MULTILABEL:
+        return F.binary_cross_entropy_with_logits(out, y.float()), n
     return F.mse_loss(out.squeeze(-1), y.float()), n
 
 
@@ -83,5 +87,22 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]
     return {
         "mae": float(np.abs(err).mean()) if n else math.nan,
         "rmse": float(np.sqrt((err**2).mean())) if n else math.nan,
+        "n": n,
+    }
+
+
+def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """Subset accuracy (exact match), micro- and macro-F1 of multi-hot ``[N, K]`` arrays."""
+    t, p = y_true.astype(bool), y_pred.astype(bool)
+    n = len(t)
+    tp = (t & p).sum(axis=0).astype(np.float64)
+    denom = t.sum(axis=0) + p.sum(axis=0)
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    seen = denom > 0
+    micro_denom = float(denom.sum())
+    return {
+        "accuracy": float((t == p).all(axis=1).mean()) if n else math.nan,
+        "micro_f1": 2 * float(tp.sum()) / micro_denom if micro_denom else math.nan,
+        "macro_f1": float(f1[seen].mean()) if seen.any() else math.nan,
         "n": n,
     }

@@ -61,8 +61,9 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass(frozen=True)
 class SplitData:
-    """One split in memory: ``images [N, H, W, C]`` uint8, ``targets {task: [N]}`` float32
-    (NaN = missing) and the selected tabular ``features [N, F]`` float32 (``None`` if none)."""
+    """One split in memory: ``images [N, H, W, C]`` uint8, ``targets {task: [N] or [N, K]}``
+    float32 (NaN = missing; ``[N, K]`` multi-hot for multilabel tasks) and the selected tabular
+    ``features [N, F]`` float32 (``None`` when there are none)."""
 
     images: Tensor
     targets: dict[str, np.ndarray]
@@ -71,9 +72,10 @@ class SplitData:
     def __len__(self) -> int:
         return len(self.images)
 
-    def target_matrix(self, tasks: Sequence[TaskSchema]) -> Tensor:
-        """``[N, T]`` float32 with NaN for missing labels, in ``tasks`` order."""
-        return torch.from_numpy(np.stack([self.targets[t.name] for t in tasks], axis=1))
+    def target_tensors(self, tasks: Sequence[TaskSchema]) -> list[Tensor]:
+        """Per task, in ``tasks`` order: ``[N]`` or ``[N, K]`` (multilabel) float32, NaN = missing."""
+        return [torch.from_numpy(np.ascontiguousarray(self.targets[t.name], dtype=np.float32))
+                for t in tasks]
 
     def fingerprint(self) -> str:
         """Cheap content hash (targets, features, image shape and a strided pixel sample)."""
@@ -213,9 +215,11 @@ def _forward(loop: TrainLoop, x: Tensor, f: Tensor | None) -> tuple[Tensor, dict
     return z, loop.model.decode(z)
 
 
-def _losses(loop: TrainLoop, outputs: dict[str, Tensor], y: Tensor) -> tuple[Tensor, Tensor]:
+def _losses(loop: TrainLoop, outputs: dict[str, Tensor],
+            ys: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     """Per-task masked losses ``[T]`` and which tasks are present ``[T]`` (bool)."""
-    per_task = [masked_task_loss(t, outputs[t.name], y[:, i]) for i, t in enumerate(loop.tasks)]
+    per_task = [masked_task_loss(t, outputs[t.name], y)
+                for t, y in zip(loop.tasks, ys, strict=True)]
     losses = torch.stack([loss.float() for loss, _ in per_task])
     present = torch.tensor([n > 0 for _, n in per_task], device=losses.device)
     if not torch.isfinite(losses).all():
@@ -247,7 +251,7 @@ def train_one_epoch(loop: TrainLoop, data: SplitData, epoch: int = 0) -> EpochSt
     """One pass over ``data`` in seeded random order; returns mean per-task losses and weights."""
     cfg, tasks, model = loop.cfg, loop.tasks, loop.model
     model.train()
-    targets = data.target_matrix(tasks)  # [N, T]
+    targets = data.target_tensors(tasks)
     shared = list(model.shared_parameters())
     heads = [p for t in tasks for p in model.task_parameters(t.name)]
     t_count = len(tasks)
@@ -264,10 +268,10 @@ def train_one_epoch(loop: TrainLoop, data: SplitData, epoch: int = 0) -> EpochSt
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         f = data.features[idx].to(loop.device) if data.features is not None else None
-        y = targets[idx].to(loop.device)  # [B, T]
+        ys = [t[idx].to(loop.device) for t in targets]  # per task [B] or [B, K]
         with _autocast(loop.device, amp_dtype(cfg, loop.device)):
             z, outputs = _forward(loop, x, f)
-        losses, present = _losses(loop, outputs, y)
+        losses, present = _losses(loop, outputs, ys)
         if cfg.log_conflict_every and t_count > 1 and loop.step % cfg.log_conflict_every == 0 \
                 and micro == 0 and loop.dist.world_size == 1:
             cos = task_gradient_cosine(losses, present, shared)  # [T, T], NaN if absent
@@ -363,7 +367,7 @@ def _epoch_row(stats: EpochStats, score: float, metrics: dict[str, dict[str, Any
     for t in tasks:
         row[f"train/loss/{t.name}"] = stats.loss[t.name]
         row[f"train/weight/{t.name}"] = stats.weights[t.name]
-        for k in ("accuracy", "macro_f1", "mae", "rmse"):
+        for k in ("accuracy", "macro_f1", "micro_f1", "mae", "rmse"):
             if k in metrics[t.name]:
                 row[f"val/{k}/{t.name}"] = float(metrics[t.name][k])
     for pair, cos in stats.conflict.items():

@@ -18,6 +18,7 @@ TASKS = (
     TaskSchema("a", TaskKind.MULTICLASS, "a", classes=("0", "1", "2")),
     TaskSchema("b", TaskKind.BINARY, "b", classes=("no", "yes")),
     TaskSchema("c", TaskKind.REGRESSION, "c", mean=0.0, std=1.0),
+    TaskSchema("d", TaskKind.MULTILABEL, "d", classes=("x", "y", "z")),
 )
 
 
@@ -30,9 +31,11 @@ def make_split(n: int, seed: int, missing: float = 0.0) -> SplitData:
     img[:, :6, :6, 0] += (a * 60)[:, None, None].astype(np.uint8)
     img[:, 6:, 6:, 0] += (b * 100)[:, None, None].astype(np.uint8)
     targets = {"a": a.astype(np.float32), "b": b.astype(np.float32),
-               "c": (a - b + rng.normal(0, 0.1, n)).astype(np.float32)}
+               "c": (a - b + rng.normal(0, 0.1, n)).astype(np.float32),
+               # multi-hot [N, 3]: x = "a is 0", y = "b is 1", z = both
+               "d": np.stack([a == 0, b == 1, (a == 0) & (b == 1)], 1).astype(np.float32)}
     for t in targets.values():
-        t[rng.random(n) < missing] = np.nan
+        t[rng.random(n) < missing] = np.nan  # a whole row for the multilabel task
     return SplitData(torch.from_numpy(img), targets)
 
 
@@ -71,6 +74,7 @@ def test_training_learns(tmp_path: Path) -> None:
     _, result = fit(TASKS, train, val, cfg, 1, torch.device("cpu"))
     last = result.history[-1]
     assert last["val/accuracy/a"] > 0.6 and last["val/accuracy/b"] > 0.8, last
+    assert last["val/micro_f1/d"] > 0.6, last
     assert result.best_score == max(r["val/score"] for r in result.history)
 
 

@@ -32,7 +32,10 @@ def _write_stage_inputs(root: Path, n_train: int, n_val: int) -> None:
         out = root / "augmented" / split
         out.mkdir(parents=True)
         np.save(out / "images-00000.npy", data.images.numpy())
-        labels = pd.DataFrame({"id": [f"{split}{i}" for i in range(n)], "copy": 0, **data.targets})
+        columns = {k: v if v.ndim == 1 else  # multilabel: a list column, None when missing
+                   [None if np.isnan(r[0]) else r.tolist() for r in v]
+                   for k, v in data.targets.items()}
+        labels = pd.DataFrame({"id": [f"{split}{i}" for i in range(n)], "copy": 0, **columns})
         labels.to_parquet(out / "labels.parquet", index=False)
     (root / "augmented" / "meta.json").write_text(
         json.dumps({"image_size": [12, 12], "channels": 1, "mode": "L"}))
@@ -105,7 +108,7 @@ def test_ddp_two_processes_match_one(tmp_path: Path) -> None:
     assert two.count("model saved to") == 1  # only rank 0 writes
     m1 = json.loads((tmp_path / "live-one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "live-two" / "metrics.json").read_text())
-    for t in ("a", "b", "c"):
+    for t in ("a", "b", "c", "d"):
         l1, l2 = m1["train"]["loss"][t], m2["train"]["loss"][t]
         assert abs(l1 - l2) <= 0.15 * abs(l1) + 0.02, (t, l1, l2)
     assert abs(m1["val"]["score"] - m2["val"]["score"]) < 0.1
