@@ -1,0 +1,74 @@
+"""Metrics (known answers), decoding of head outputs, and the markdown report."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mtl.evaluate import evaluate_model, render_report, task_metrics
+from mtl.models import create_model
+from mtl.schema import TaskKind, TaskSchema
+from mtl.tasks import classification_metrics, multilabel_metrics, regression_metrics
+
+CLS = TaskSchema("colour", TaskKind.MULTICLASS, "colour", classes=("red", "green", "blue"))
+BIN = TaskSchema("sale", TaskKind.BINARY, "sale", classes=("no", "yes"))
+REG = TaskSchema("year", TaskKind.REGRESSION, "year", mean=2000.0, std=10.0)
+MUL = TaskSchema("tags", TaskKind.MULTILABEL, "tags", classes=("a", "b"))
+
+
+def test_classification_metrics_known_answer() -> None:
+    m = classification_metrics(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]), 3)
+    assert m["accuracy"] == 0.75
+    # F1: class0 = 2/3, class1 = 2/3, class2 = 1
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert m["confusion"].tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+
+
+def test_regression_and_multilabel_metrics() -> None:
+    r = regression_metrics(np.array([1.0, 3.0]), np.array([2.0, 1.0]))
+    assert r["mae"] == 1.5 and r["rmse"] == pytest.approx(math.sqrt(2.5))
+    m = multilabel_metrics(np.array([[1, 0], [1, 1]]), np.array([[1, 0], [0, 1]]))
+    assert m["accuracy"] == 0.5 and m["micro_f1"] == pytest.approx(0.8)
+
+
+def test_task_metrics_decode_outputs_and_skip_missing_labels() -> None:
+    outputs = {
+        "colour": np.array([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]]),
+        "sale": np.array([[2.0], [-2.0], [3.0]]),
+        "year": np.array([[0.0], [1.0], [-1.0]]),  # standardised: 2000, 2010, 1990
+        "tags": np.array([[1.0, -1.0], [1.0, 1.0], [-1.0, -1.0]]),
+    }
+    targets = {
+        "colour": np.array([0, 2, np.nan], np.float32),
+        "sale": np.array([1, 0, 0], np.float32),
+        "year": np.array([0.0, 1.0, np.nan], np.float32),
+        "tags": np.array([[1, 0], [1, 1], [np.nan, np.nan]], np.float32),
+    }
+    m = task_metrics((CLS, BIN, REG, MUL), outputs, targets)
+    assert m["colour"]["n"] == 2 and m["colour"]["accuracy"] == 0.5
+    assert m["sale"]["accuracy"] == pytest.approx(2 / 3)
+    assert m["year"]["mae"] == pytest.approx(0.0, abs=1e-4) and m["year"]["n"] == 2
+    assert m["tags"]["accuracy"] == 1.0 and m["tags"]["n"] == 2
+
+
+def test_evaluate_model_and_report() -> None:
+    torch.manual_seed(0)
+    model = create_model("hps", "smallcnn", (CLS, REG), in_channels=1)
+    images = torch.randint(0, 255, (10, 16, 16, 1), dtype=torch.uint8)
+    targets = {"colour": np.arange(10, dtype=np.float32) % 3,
+               "year": np.zeros(10, np.float32)}
+    result = evaluate_model(model, (CLS, REG), images, targets, torch.device("cpu"), 4)
+    assert set(result.metrics) == {"colour", "year"} and result.metrics["colour"]["n"] == 10
+    assert result.confusion["colour"].sum() == 10
+    actual, predicted = result.pairs["colour"]
+    assert len(actual) == len(predicted) == 10
+    report = render_report(result, (CLS, REG),
+                           {"raw_rows": 12, "clean_rows": 10, "rejected_rows": 2,
+                            "rejects_by_reason": {"empty_file": 2}},
+                           {"split_source": "data", "split_sizes": {"test": 10},
+                            "tasks": {"colour": {"kept": True, "coverage": 1.0}}})
+    assert "empty_file: 2" in report and "| colour | multiclass | accuracy |" in report
+    assert "| year | regression | rmse |" in report
