@@ -31,6 +31,7 @@ Stages (each is also a DVC stage; `dvc repro` runs them in order and skips what 
   augment   albumentations pipeline from params.yaml -> .npy shards + preview.png
   train     multi-task model (shared backbone, one head per task) -> models/model.pt
   evaluate  test metrics, confusion matrices, reports/report.md
+  predict   apply a trained model to new images (not a pipeline stage)
   list      registered weightings, architectures or backbones
 
 Every stage reads its settings from --params (default params.yaml); see README.md for each key.
@@ -286,6 +287,38 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"evaluate: metrics {args.metrics}, confusion plots {plots}, report {args.report}")
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    from mtl.predict import predict_files
+    from mtl.train import select_device
+
+    model, tasks, ckpt = load_checkpoint(Path(args.model))
+    if _feature_columns(ckpt["schema"]):
+        raise DataError(f"{args.model} was trained with tabular features; predicting from "
+                        "images alone is not possible for it")
+    files: list[Path] = []
+    for item in args.images:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"no image or folder at {path}")
+    if not files:
+        raise DataError(f"no images found in {args.images}")
+    m = ckpt["model"]
+    frame = predict_files(model, tasks, files, m["in_channels"], tuple(m["image_size"]),
+                          select_device(args.device))
+    if args.out:
+        frame.to_csv(args.out, index=False)
+        print(f"predict: {len(frame)} predictions written to {args.out}")
+    else:
+        print(frame.to_csv(index=False), end="")
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     if args.what == "weightings":
         from mtl.weighting import list_weightings as names
@@ -340,6 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
          ("--metrics", "metrics/eval.json", "metrics output"),
          ("--plots", "plots", "confusion-matrix plot folder"),
          ("--report", "reports/report.md", "markdown report")])
+    pp = sub.add_parser("predict", help="Predict every task for new images with a trained model.",
+                        description="Apply models/model.pt to image files or folders; writes "
+                                    "one CSV row per image (not a pipeline stage).")
+    pp.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    pp.add_argument("--model", default="models/model.pt", help="checkpoint (default: %(default)s)")
+    pp.add_argument("--out", default=None, help="CSV output (default: standard output)")
+    pp.add_argument("--device", default="auto", help="auto, cpu, cuda (default: %(default)s)")
+    pp.set_defaults(func=cmd_predict)
     lp = sub.add_parser("list", help="List registered weightings, architectures or backbones.",
                         description="Print the registered names, one a line.")
     lp.add_argument("what", choices=["weightings", "architectures", "backbones"])

@@ -3,52 +3,75 @@
 Every raw row ends up exactly once either in the manifest (usable) or in the rejects table with a
 reason and a detail a user can act on. Raw files are only read, never written.
 
+Before any row is looked at, the labels table is validated as a whole (``validate_schema``):
+missing columns, task columns whose values mostly do not parse (a wrong type, usually a wrong
+column), and declared feature columns of the wrong type are all reported in one ``DataError``.
+
 Reject reasons (first one that applies wins, in this order):
 
-``missing_id``, ``duplicate_id``, ``missing_path``, ``path_outside_dataset``, ``bad_split``,
-``no_labels``, ``missing_file``, ``unreadable_file``, ``empty_file``, ``not_an_image``,
-``truncated_image``, ``unreadable_image``, ``too_many_pixels``, ``too_small``,
-``duplicate_image``.
+``missing_id``, ``duplicate_id``, ``missing_path``, ``invalid_path``, ``path_outside_dataset``,
+``bad_split``, ``no_labels``, ``missing_file``, ``unreadable_file``, ``not_a_file``,
+``empty_file``, ``not_an_image``, ``truncated_image``, ``unreadable_image``, ``too_many_pixels``,
+``too_small``, ``unsupported_mode``, ``duplicate_image``, ``conflicting_duplicate``,
+``hierarchy_violation``.
 
-A label that cannot be used for one task (a regression value that is not a number, a binary value
-that is not one of the accepted spellings) becomes missing for that task only and is recorded in
-``label_issues``; the row stays if another task still has a label.
+A label that cannot be used for one task (see ``mtl.data.labels``) becomes missing for that task
+only and is recorded in ``label_issues``; the row stays if another task still has a label.
+Label-issue reasons: ``not_a_number``, ``not_finite``, ``not_binary``, ``undeclared_class``,
+``conflicting_duplicate``, ``hierarchy_violation`` (parent set missing), ``hierarchy_relabelled``
+(parent replaced by the child's majority parent).
+
+Near duplicates (pHash Hamming distance <= ``clean.near_duplicate_distance``) are kept but
+grouped: the manifest's ``group`` column (smallest ``row`` of the group) lets the select stage
+keep each group inside one split; ``near_duplicates`` lists every group of two or more.
 """
 
 from __future__ import annotations
 
-import math
+import itertools
 import multiprocessing as mp
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from mtl.config import CleanConfig, DatasetConfig
+from mtl.data.dedup import hamming, near_duplicate_groups, parse_hashes
 from mtl.data.images import ImageCheck, inspect_image
 from mtl.data.io import DataError, read_labels_table
+from mtl.data.labels import LabelNormaliser
 
-__all__ = ["REJECT_REASONS", "CleanResult", "clean", "normalise_split", "resolve_image_path"]
+__all__ = [
+    "FEATURE_PREFIX", "LABEL_ISSUE_REASONS", "REJECT_REASONS", "CleanResult", "clean",
+    "feature_sources", "normalise_split", "resolve_image_path", "validate_schema",
+]
 
 REJECT_REASONS = (
-    "missing_id", "duplicate_id", "missing_path", "path_outside_dataset", "bad_split",
-    "no_labels", "missing_file", "unreadable_file", "empty_file", "not_an_image",
-    "truncated_image", "unreadable_image", "too_many_pixels", "too_small", "duplicate_image",
+    "missing_id", "duplicate_id", "missing_path", "invalid_path", "path_outside_dataset",
+    "bad_split", "no_labels", "missing_file", "unreadable_file", "not_a_file", "empty_file",
+    "not_an_image", "truncated_image", "unreadable_image", "too_many_pixels", "too_small",
+    "unsupported_mode", "duplicate_image", "conflicting_duplicate", "hierarchy_violation",
 )
+LABEL_ISSUE_REASONS = (
+    "not_a_number", "not_finite", "not_binary", "undeclared_class", "conflicting_duplicate",
+    "hierarchy_violation", "hierarchy_relabelled",
+)
+# Raw feature cells travel in the manifest under this prefix, so a user column can never
+# collide with the manifest's own columns (row, id, image, width, …).
+FEATURE_PREFIX = "src__"
 
 _SPLIT_SYNONYMS = {
     "train": "train", "training": "train", "trn": "train",
     "val": "val", "valid": "val", "validation": "val", "dev": "val",
     "test": "test", "testing": "test", "tst": "test",
 }
-_TRUE = {"1", "true", "yes", "y", "t", "1.0"}
-_FALSE = {"0", "false", "no", "n", "f", "0.0"}
 
 
 @dataclass(frozen=True)
@@ -58,15 +81,21 @@ class CleanResult:
     ``manifest``: one row per usable image: ``row`` (position in the labels table, 0 = first
     data row), ``id``, ``image`` (path relative to ``dataset.dir``), ``split`` (when the data
     has one), one column per task (string label, float for regression, ``None`` when missing),
-    ``width``, ``height``, ``source_mode``, ``content_hash``, ``phash``.
+    ``width``, ``height``, ``source_mode``, ``content_hash``, ``phash``, ``group`` (near-duplicate
+    group: smallest ``row`` of the group), ``user_group`` (when ``dataset.group_column`` is set)
+    and ``src__<column>`` (raw cell of each feature column offered to the select stage).
     ``rejects``: ``row``, ``id``, ``reason``, ``detail``.
-    ``label_issues``: ``row``, ``id``, ``task``, ``value``, ``reason`` (label set to missing).
+    ``label_issues``: ``row``, ``id``, ``task``, ``value``, ``reason``, ``detail``.
+    ``near_duplicates``: ``group``, ``row``, ``id``, ``image``, ``distance`` (to the group's
+    first image), for every group of two or more images.
     """
 
     manifest: pd.DataFrame
     rejects: pd.DataFrame
     label_issues: pd.DataFrame
     report: dict[str, Any]
+    near_duplicates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["group", "row", "id", "image", "distance"]))
 
 
 def normalise_split(value: str | None) -> str | None:
@@ -77,7 +106,11 @@ def normalise_split(value: str | None) -> str | None:
 
 
 def resolve_image_path(root: Path, rel: str) -> Path | None:
-    """Absolute path of ``rel`` inside ``root``; ``None`` when it (or a symlink) escapes ``root``."""
+    """Absolute path of ``rel`` inside ``root``; ``None`` when it (or a symlink) escapes ``root``.
+
+    Raises ``OSError``/``RuntimeError``/``ValueError`` for a path that cannot be resolved at all
+    (a symlink loop, an embedded NUL byte).
+    """
     if os.path.isabs(rel):
         return None
     real_root = root.resolve()
@@ -85,54 +118,134 @@ def resolve_image_path(root: Path, rel: str) -> Path | None:
     return candidate if candidate.is_relative_to(real_root) else None
 
 
-def _check_columns(table: pd.DataFrame, dataset: DatasetConfig, source: Path) -> None:
-    wanted = {"id_column": dataset.id_column}
+def feature_sources(table_columns: list[str], dataset: DatasetConfig) -> dict[str, str]:
+    """Feature columns offered to the select stage: column -> declared kind (or ``auto``)."""
+    out = dict(dataset.feature_columns)
+    if dataset.detect_features:
+        reserved = {dataset.id_column, dataset.image_column, dataset.split_column,
+                    dataset.group_column} | {t.column for t in dataset.tasks}
+        for col in table_columns:
+            if col not in reserved and col not in out:
+                out[col] = "auto"
+    return out
+
+
+def _rows_text(rows: list[int], values: list[Any], limit: int = 5) -> str:
+    shown = ", ".join(f"{r} ({v!r})" for r, v in zip(rows[:limit], values[:limit], strict=False))
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    return f"rows {shown}{more}"
+
+
+def validate_schema(table: pd.DataFrame, dataset: DatasetConfig, cfg: CleanConfig,
+                    source: Path) -> None:
+    """Check the labels table against the dataset contract; one ``DataError`` lists every problem.
+
+    Problems: missing columns; a regression/binary task column or a declared numeric feature
+    column where more than ``clean.max_bad_label_fraction`` of the non-empty values (and at
+    least 2) do not parse, which means a wrong type or a wrong column; a classification task
+    with declared classes where that many values are undeclared; an empty table.
+    """
+    problems: list[str] = []
+    wanted = {"dataset.id_column": dataset.id_column}
     if dataset.image_column is not None:
-        wanted["image_column"] = dataset.image_column
+        wanted["dataset.image_column"] = dataset.image_column
     if dataset.split_column is not None:
-        wanted["split_column"] = dataset.split_column
+        wanted["dataset.split_column"] = dataset.split_column
+    if dataset.group_column is not None:
+        wanted["dataset.group_column"] = dataset.group_column
     for t in dataset.tasks:
         wanted[f"task {t.name!r}"] = t.column
-    missing = [f"{col!r} (dataset.{role})" if role.endswith("column") else f"{col!r} ({role})"
-               for role, col in wanted.items() if col not in table.columns]
+    for col in dataset.feature_columns:
+        wanted["dataset.feature_columns"] = col
+        if col not in table.columns:
+            problems.append(f"missing column {col!r} (dataset.feature_columns)")
+    missing = [f"{col!r} ({role})" for role, col in wanted.items()
+               if col not in table.columns and role != "dataset.feature_columns"]
     if missing:
-        raise DataError(
-            f"{source}: missing column(s) {', '.join(missing)}; "
-            f"the table has columns {list(table.columns)}"
-        )
-
-
-def _parse_label(kind: str, value: str | None) -> tuple[Any, str | None]:
-    """(normalised label or None, issue reason or None) for one raw cell."""
-    if value is None or not value.strip():
-        return None, None
-    v = value.strip()
-    if kind == "regression":
-        try:
-            x = float(v)
-        except ValueError:
-            return None, "not_a_number"
-        return (x, None) if math.isfinite(x) else (None, "not_finite")
-    if kind == "binary":
-        low = v.lower()
-        if low in _TRUE:
-            return "1", None
-        if low in _FALSE:
-            return "0", None
-        return None, "not_binary"
-    return v, None
+        problems.insert(0, f"missing column(s) {', '.join(missing)}")
+    if problems:
+        problems.append(f"the table has columns {list(table.columns)}")
+    if len(table) == 0:
+        problems.append("the table has a header but no data rows")
+    missing_tokens = dataset.missing_values
+    for t in dataset.tasks:
+        if t.column not in table.columns or (t.kind == "multiclass" and t.classes is None):
+            continue
+        norm = LabelNormaliser.fit(t, table[t.column], missing_tokens)
+        bad_rows: list[int] = []
+        bad_values: list[Any] = []
+        n_present = 0
+        for row, raw in enumerate(table[t.column]):
+            value, issue = norm(raw)
+            n_present += value is not None or issue is not None
+            if issue is not None:
+                bad_rows.append(row)
+                bad_values.append(raw)
+        if len(bad_rows) >= 2 and len(bad_rows) > cfg.max_bad_label_fraction * n_present:
+            what = {"regression": "numbers", "binary": "binary values"}.get(
+                t.kind, f"declared classes {list(t.classes or ())}")
+            problems.append(
+                f"column {t.column!r} (task {t.name!r}, {t.kind}): {len(bad_rows)} of "
+                f"{n_present} non-empty values are not {what} "
+                f"(clean.max_bad_label_fraction={cfg.max_bad_label_fraction}): "
+                f"{_rows_text(bad_rows, bad_values)}")
+    for col, kind in dataset.feature_columns.items():
+        if kind != "numeric" or col not in table.columns:
+            continue
+        bad_rows, bad_values, n_present = [], [], 0
+        for row, raw in enumerate(table[col]):
+            if raw is None or not raw.strip():
+                continue
+            n_present += 1
+            try:
+                float(raw)
+            except ValueError:
+                bad_rows.append(row)
+                bad_values.append(raw)
+        if len(bad_rows) >= 2 and len(bad_rows) > cfg.max_bad_label_fraction * n_present:
+            problems.append(f"column {col!r} (dataset.feature_columns: numeric): "
+                            f"{len(bad_rows)} of {n_present} non-empty values are not numbers: "
+                            f"{_rows_text(bad_rows, bad_values)}")
+    if problems:
+        body = "\n".join(f"  - {p}" for p in problems)
+        raise DataError(f"{source}: {len(problems)} problem(s) in the labels table:\n{body}")
 
 
 def _decode_all(paths: list[Path], cfg: CleanConfig) -> Iterator[ImageCheck]:
-    """Decode images in worker processes, streaming results in input order."""
-    fn = partial(inspect_image, mode=cfg.mode, min_size=cfg.min_size, max_pixels=cfg.max_pixels)
+    """Decode images in worker processes, streaming results in input order.
+
+    ``imap`` hands back results as they complete (in order), so only a bounded window of
+    ``ImageCheck`` records (no pixels) is ever in memory, whatever the dataset size.
+    """
+    fn = partial(inspect_image, mode=cfg.mode, min_size=cfg.min_size,
+                 max_pixels=cfg.max_pixels, reject_modes=tuple(cfg.reject_modes))
     workers = cfg.workers or os.cpu_count() or 1
     if workers == 1 or len(paths) < 256:
         yield from map(fn, paths)
         return
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    # forkserver: workers start from a small server process, not from this one, so they do
+    # not inherit (and, through reference counting, copy) the table and the growing manifest.
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
     with ctx.Pool(workers) as pool:
         yield from pool.imap(fn, paths, chunksize=64)
+
+
+class _Collector:
+    """Rejects and label issues as the stage finds them (each row rejected at most once)."""
+
+    def __init__(self) -> None:
+        self.rejects: dict[int, tuple[str, str]] = {}
+        self.issues: list[dict[str, Any]] = []
+
+    def reject(self, row: int, reason: str, detail: str) -> None:
+        assert row not in self.rejects, f"row {row} rejected twice"
+        self.rejects[row] = (reason, detail)
+
+    def issue(self, out: dict[str, Any], task: str, value: Any, reason: str,
+              detail: str = "") -> None:
+        self.issues.append({"row": out["row"], "id": out["id"], "task": task, "value": value,
+                            "reason": reason, "detail": detail})
 
 
 def clean(dataset: DatasetConfig, cfg: CleanConfig) -> CleanResult:
@@ -142,11 +255,12 @@ def clean(dataset: DatasetConfig, cfg: CleanConfig) -> CleanResult:
         raise DataError(f"dataset.dir: expected a folder, found nothing at {root}")
     source = root / dataset.labels
     table = read_labels_table(source)
-    _check_columns(table, dataset, source)
+    validate_schema(table, dataset, cfg, source)
+    features = feature_sources(list(table.columns), dataset)
+    normalisers = {t.name: LabelNormaliser.fit(t, table[t.column], dataset.missing_values)
+                   for t in dataset.tasks}
 
-    rejects: dict[int, tuple[str, str]] = {}
-    label_issues: list[dict[str, Any]] = []
-    kept: list[dict[str, Any]] = []
+    col = _Collector()
     seen_ids: dict[str, int] = {}
     to_decode: list[tuple[dict[str, Any], Path]] = []
 
@@ -154,11 +268,11 @@ def clean(dataset: DatasetConfig, cfg: CleanConfig) -> CleanResult:
         raw_id = rec.get(dataset.id_column)
         sample_id = raw_id.strip() if isinstance(raw_id, str) else None
         if not sample_id:
-            rejects[row] = ("missing_id", f"column {dataset.id_column!r} is empty")
+            col.reject(row, "missing_id", f"column {dataset.id_column!r} is empty")
             continue
         if sample_id in seen_ids:
-            rejects[row] = ("duplicate_id", f"id {sample_id!r} already used by row "
-                                            f"{seen_ids[sample_id]}")
+            col.reject(row, "duplicate_id",
+                       f"id {sample_id!r} already used by row {seen_ids[sample_id]}")
             continue
         seen_ids[sample_id] = row
         if dataset.image_template is not None:
@@ -167,81 +281,228 @@ def clean(dataset: DatasetConfig, cfg: CleanConfig) -> CleanResult:
             cell = rec.get(dataset.image_column or "")
             rel = cell.strip() if isinstance(cell, str) and cell.strip() else None
         if rel is None:
-            rejects[row] = ("missing_path", f"column {dataset.image_column!r} is empty")
+            col.reject(row, "missing_path", f"column {dataset.image_column!r} is empty")
             continue
-        path = resolve_image_path(root, rel)
+        try:
+            path = resolve_image_path(root, rel)
+        except (OSError, RuntimeError, ValueError) as exc:
+            col.reject(row, "invalid_path", f"{rel!r} cannot be resolved: {exc}")
+            continue
         if path is None:
-            rejects[row] = ("path_outside_dataset",
-                            f"{rel!r} resolves outside dataset.dir {str(root)!r}")
+            col.reject(row, "path_outside_dataset",
+                       f"{rel!r} resolves outside dataset.dir {str(root)!r}")
             continue
         out: dict[str, Any] = {"row": row, "id": sample_id, "image": rel}
         if dataset.split_column is not None:
             split = normalise_split(rec.get(dataset.split_column))
             if split is None:
-                rejects[row] = ("bad_split", f"column {dataset.split_column!r} has "
+                col.reject(row, "bad_split", f"column {dataset.split_column!r} has "
                                              f"{rec.get(dataset.split_column)!r}; expected "
                                              "train, val or test")
                 continue
             out["split"] = split
         n_labels = 0
         for t in dataset.tasks:
-            value, issue = _parse_label(t.kind, rec.get(t.column))
+            value, issue = normalisers[t.name](rec.get(t.column))
             if issue is not None:
-                label_issues.append({"row": row, "id": sample_id, "task": t.name,
-                                     "value": rec.get(t.column), "reason": issue})
+                col.issue(out, t.name, rec.get(t.column), issue,
+                          f"column {t.column!r}")
             out[t.name] = value
             n_labels += value is not None
         if n_labels == 0:
-            rejects[row] = ("no_labels", "no task has a usable label: "
-                            + ", ".join(f"{t.column}={rec.get(t.column)!r}" for t in dataset.tasks))
+            col.reject(row, "no_labels", "no task has a usable label: "
+                       + ", ".join(f"{t.column}={rec.get(t.column)!r}" for t in dataset.tasks))
             continue
+        if dataset.group_column is not None:
+            g = rec.get(dataset.group_column)
+            out["user_group"] = g.strip() if isinstance(g, str) and g.strip() else None
+        for c in features:
+            out[FEATURE_PREFIX + c] = rec.get(c)
         to_decode.append((out, path))
 
+    decoded: list[dict[str, Any]] = []
     checks = _decode_all([p for _, p in to_decode], cfg)
-    first_by_hash: dict[str, dict[str, Any]] = {}
     for (out, _), check in tqdm(zip(to_decode, checks, strict=True), total=len(to_decode),
                                 desc="clean: decoding images", unit="img", mininterval=1.0):
         if check.reason is not None:
-            rejects[out["row"]] = (check.reason, check.detail)
+            col.reject(out["row"], check.reason, check.detail)
             continue
-        first = first_by_hash.get(check.content_hash)
-        if first is not None:
-            same = all(first[t.name] == out[t.name] for t in dataset.tasks)
-            rejects[out["row"]] = (
-                "duplicate_image",
-                f"same pixels as id {first['id']!r} (row {first['row']}); labels "
-                + ("agree" if same else "conflict"),
-            )
-            continue
-        first_by_hash[check.content_hash] = out
         out.update(width=check.width, height=check.height, source_mode=check.source_mode,
                    content_hash=check.content_hash, phash=check.phash)
-        kept.append(out)
+        decoded.append(out)
+    del to_decode
 
-    manifest = _manifest_frame(kept, dataset)
+    kept, dup_report = _exact_duplicates(decoded, dataset, cfg, col)
+    kept, hier_report = _hierarchy(kept, dataset, cfg, col)
+    manifest = _manifest_frame(kept, dataset, features)
+    near, near_report = _near_duplicates(manifest, cfg)
+    manifest["group"] = near
+    near_df = _near_duplicate_table(manifest, cfg)
+
     rejects_df = pd.DataFrame(
         [{"row": r, "id": table.iloc[r][dataset.id_column], "reason": reason, "detail": detail}
-         for r, (reason, detail) in sorted(rejects.items())],
+         for r, (reason, detail) in sorted(col.rejects.items())],
         columns=["row", "id", "reason", "detail"],
     )
-    issues_df = pd.DataFrame(label_issues, columns=["row", "id", "task", "value", "reason"])
+    issues_df = pd.DataFrame(col.issues,
+                             columns=["row", "id", "task", "value", "reason", "detail"])
     accounted = sorted(list(manifest["row"]) + list(rejects_df["row"]))
     if accounted != list(range(len(table))):  # the invariant the whole stage exists for
         raise AssertionError("clean: manifest + rejects do not account for every raw row")
     report = _report(table, manifest, rejects_df, issues_df, dataset, source)
-    return CleanResult(manifest, rejects_df, issues_df, report)
+    report["label_normalisation"] = {
+        name: dict(n.changes) for name, n in normalisers.items() if n.changes}
+    report["duplicates"] = {**dup_report, **near_report}
+    report["hierarchy"] = hier_report
+    report["feature_columns"] = features
+    return CleanResult(manifest, rejects_df, issues_df, report, near_df)
 
 
-def _manifest_frame(kept: list[dict[str, Any]], dataset: DatasetConfig) -> pd.DataFrame:
+def _label_conflicts(members: list[dict[str, Any]], dataset: DatasetConfig) -> dict[str, list[Any]]:
+    """Tasks on which the members carry two or more different (non-missing) labels."""
+    out: dict[str, list[Any]] = {}
+    for t in dataset.tasks:
+        values = sorted({str(m[t.name]) for m in members if m[t.name] is not None})
+        if len(values) > 1:
+            out[t.name] = values
+    return out
+
+
+def _exact_duplicates(decoded: list[dict[str, Any]], dataset: DatasetConfig, cfg: CleanConfig,
+                      col: _Collector) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One image per identical pixel content; conflicts handled per clean.conflicting_duplicates."""
+    by_hash: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for out in decoded:
+        by_hash[out["content_hash"]].append(out)
+    drop: set[int] = set()
+    n_groups = n_conflicting = 0
+    for members in by_hash.values():
+        if len(members) < 2:
+            continue
+        n_groups += 1
+        first = members[0]
+        conflicts = _label_conflicts(members, dataset)
+        what = "; ".join(f"{k}: {' vs '.join(map(repr, v))}" for k, v in conflicts.items())
+        if conflicts:
+            n_conflicting += 1
+        if conflicts and cfg.conflicting_duplicates == "reject":
+            for m in members:
+                others = [f"{o['id']!r} (row {o['row']})" for o in members if o is not m]
+                col.reject(m["row"], "conflicting_duplicate",
+                           f"same pixels as {', '.join(others)} but labels differ ({what})")
+                drop.add(m["row"])
+            continue
+        if conflicts and cfg.conflicting_duplicates == "missing":
+            for task in conflicts:
+                col.issue(first, task, first[task], "conflicting_duplicate",
+                          f"identical images disagree ({what})")
+                first[task] = None
+        for m in members[1:]:
+            col.reject(m["row"], "duplicate_image",
+                       f"same pixels as id {first['id']!r} (row {first['row']}); labels "
+                       + (f"conflict ({what})" if conflicts else "agree"))
+            drop.add(m["row"])
+        if all(first[t.name] is None for t in dataset.tasks):
+            col.reject(first["row"], "conflicting_duplicate",
+                       f"every label conflicts with an identical image ({what})")
+            drop.add(first["row"])
+    kept = [o for o in decoded if o["row"] not in drop]
+    return kept, {"exact_duplicate_groups": n_groups,
+                  "exact_duplicate_groups_with_conflicting_labels": n_conflicting,
+                  "conflicting_duplicates_action": cfg.conflicting_duplicates}
+
+
+def _hierarchy(kept: list[dict[str, Any]], dataset: DatasetConfig, cfg: CleanConfig,
+               col: _Collector) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Check that each declared parent level is a function of its child level."""
+    report: dict[str, Any] = {}
+    drop: set[int] = set()
+    for chain in dataset.hierarchy:
+        for child, parent in itertools.pairwise(chain):
+            parents: dict[Any, Counter[Any]] = defaultdict(Counter)
+            for o in kept:
+                if o["row"] not in drop and o[child] is not None and o[parent] is not None:
+                    parents[o[child]][o[parent]] += 1
+            # Majority parent per child value; ties go to the alphabetically first parent.
+            major = {c: min(cnt.items(), key=lambda kv: (-kv[1], str(kv[0])))[0]
+                     for c, cnt in parents.items()}
+            bad = {c: dict(cnt) for c, cnt in parents.items() if len(cnt) > 1}
+            n_rows = 0
+            for o in kept:
+                c, p = o[child], o[parent]
+                if o["row"] in drop or c is None or p is None or c not in bad or p == major[c]:
+                    continue
+                n_rows += 1
+                detail = (f"{child}={c!r} belongs to {parent}={major[c]!r} in "
+                          f"{parents[c][major[c]]} rows, here {parent}={p!r}")
+                if cfg.hierarchy_action == "reject":
+                    col.reject(o["row"], "hierarchy_violation", detail)
+                    drop.add(o["row"])
+                elif cfg.hierarchy_action == "missing":
+                    col.issue(o, parent, p, "hierarchy_violation", detail)
+                    o[parent] = None
+                elif cfg.hierarchy_action == "majority":
+                    col.issue(o, parent, p, "hierarchy_relabelled", detail)
+                    o[parent] = major[c]
+            report[f"{child} -> {parent}"] = {
+                "child_values": len(parents),
+                "violating_child_values": len(bad),
+                "violating_rows": n_rows,
+                "action": cfg.hierarchy_action,
+                "violations": {str(c): {str(k): v for k, v in cnt.items()}
+                               for c, cnt in sorted(bad.items(), key=lambda kv: str(kv[0]))},
+            }
+    return [o for o in kept if o["row"] not in drop], report
+
+
+def _near_duplicates(manifest: pd.DataFrame, cfg: CleanConfig,
+                     ) -> tuple[np.ndarray, dict[str, Any]]:
+    if manifest.empty:
+        return np.zeros(0, dtype=np.int64), {"near_duplicate_distance":
+                                             cfg.near_duplicate_distance}
+    idx_group = near_duplicate_groups(parse_hashes(list(manifest["phash"])),
+                                      cfg.near_duplicate_distance)
+    rows = manifest["row"].to_numpy()
+    group = rows[idx_group]  # group id = the row of its first member (stable across runs)
+    sizes = pd.Series(group).value_counts()
+    multi = sizes[sizes > 1]
+    return group.astype(np.int64), {
+        "near_duplicate_distance": cfg.near_duplicate_distance,
+        "near_duplicate_groups": len(multi),
+        "rows_in_near_duplicate_groups": int(multi.sum()),
+        "largest_near_duplicate_group": int(multi.max()) if len(multi) else 1,
+    }
+
+
+def _near_duplicate_table(manifest: pd.DataFrame, cfg: CleanConfig) -> pd.DataFrame:
+    cols = ["group", "row", "id", "image", "distance"]
+    if manifest.empty:
+        return pd.DataFrame(columns=cols)
+    sizes = manifest["group"].map(manifest["group"].value_counts())
+    sub = manifest.loc[sizes > 1, ["group", "row", "id", "image", "phash"]]
+    if sub.empty:
+        return pd.DataFrame(columns=cols)
+    first = sub.groupby("group")["phash"].transform("first")
+    dist = hamming(parse_hashes(list(sub["phash"])), parse_hashes(list(first)))
+    out = sub.drop(columns="phash").assign(distance=dist)
+    return out.sort_values(["group", "row"]).reset_index(drop=True)[cols]
+
+
+def _manifest_frame(kept: list[dict[str, Any]], dataset: DatasetConfig,
+                    features: dict[str, str]) -> pd.DataFrame:
     cols = ["row", "id", "image"] + (["split"] if dataset.split_column else [])
     cols += [t.name for t in dataset.tasks]
     cols += ["width", "height", "source_mode", "content_hash", "phash"]
+    cols += ["user_group"] if dataset.group_column else []
+    cols += [FEATURE_PREFIX + c for c in features]
     frame = pd.DataFrame(kept, columns=cols)
     for t in dataset.tasks:
         if t.kind == "regression":
             frame[t.name] = pd.to_numeric(frame[t.name], errors="coerce").astype("float64")
         else:
             frame[t.name] = frame[t.name].astype(object)
+    for c in features:
+        frame[FEATURE_PREFIX + c] = frame[FEATURE_PREFIX + c].astype(object)
     return frame
 
 

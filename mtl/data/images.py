@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import stat
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,14 +65,22 @@ def _convert(im: Image.Image, mode: str) -> Image.Image:
     return im.convert(mode)
 
 
-def inspect_image(path: Path, mode: str, min_size: int, max_pixels: int) -> ImageCheck:
-    """Open, fully decode and fingerprint one image; never raises for a bad file."""
+def inspect_image(path: Path, mode: str, min_size: int, max_pixels: int,
+                  reject_modes: tuple[str, ...] = ()) -> ImageCheck:
+    """Open, fully decode and fingerprint one image; never raises for a bad file.
+
+    ``reject_modes``: source modes (PIL names) rejected as ``unsupported_mode`` instead of
+    being converted to ``mode``.
+    """
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
         return ImageCheck("missing_file", f"no file at {path}")
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         return ImageCheck("unreadable_file", f"{type(exc).__name__}: {exc}")
+    if not stat.S_ISREG(st.st_mode):
+        return ImageCheck("not_a_file", f"{path} is a folder or special file, not an image file")
+    size = st.st_size
     if size == 0:
         return ImageCheck("empty_file", "the file has 0 bytes")
     try:
@@ -85,6 +95,10 @@ def inspect_image(path: Path, mode: str, min_size: int, max_pixels: int) -> Imag
                     return ImageCheck("too_small",
                                       f"{w}×{h} is smaller than clean.min_size={min_size}")
                 source_mode = im.mode
+                if source_mode in reject_modes:
+                    return ImageCheck("unsupported_mode",
+                                      f"mode {source_mode} is in clean.reject_modes "
+                                      f"{list(reject_modes)}")
                 im.load()
                 arr = np.asarray(_convert(im, mode))
     except UnidentifiedImageError:
@@ -95,7 +109,7 @@ def inspect_image(path: Path, mode: str, min_size: int, max_pixels: int) -> Imag
         msg = str(exc)
         reason = "truncated_image" if "truncated" in msg.lower() else "unreadable_image"
         return ImageCheck(reason, f"{type(exc).__name__}: {msg}")
-    except (ValueError, SyntaxError, MemoryError) as exc:
+    except (ValueError, SyntaxError, MemoryError, EOFError, struct.error) as exc:
         return ImageCheck("unreadable_image", f"{type(exc).__name__}: {exc}")
     digest = hashlib.sha1(arr.tobytes())
     digest.update(str(arr.shape).encode())

@@ -57,7 +57,7 @@ def test_bad_inputs_are_rejected_with_reasons(make_dataset, clean_cfg, tmp_path:
         ("s0001", "images/0002.png", "dog", "no"),  # duplicate id
         ("x-nolabels", "images/0003.png", None, None),
         ("x-truncated", "images/truncated.png", "cat", "yes"),
-        ("x-dup-image", "images/0004.png", "cat", "yes"),  # same pixels as s0004
+        ("x-dup-image", "images/0004.png", table.loc[4, "a"], table.loc[4, "b"]),  # = s0004
         ("x-tiny", "images/tiny.png", "cat", "yes"),
         ("x-text", "images/text.png", "cat", "yes"),
         (None, "images/0005.png", "cat", "yes"),
@@ -139,5 +139,5 @@ def test_parallel_decoding_matches_serial(make_dataset) -> None:  # type: ignore
 
 def test_missing_dataset_dir_is_a_clear_error(make_dataset, clean_cfg, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg, _ = make_dataset(n=1)
-    with pytest.raises(DataError, match="dataset.dir"):
+    with pytest.raises(DataError, match=r"dataset\.dir"):
         clean(replace(cfg, dir=str(tmp_path / "nowhere")), clean_cfg)

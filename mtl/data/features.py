@@ -1,0 +1,402 @@
+"""Tabular metadata features: selection (fitted on the train split) and their encoders.
+
+A *source* is a column of the labels table (numeric, categorical or text); it expands into
+*features* (model inputs, one float32 column ``f__<name>`` each):
+
+* numeric ``price`` -> ``price`` (standardised with train mean/std, missing -> 0) and, when the
+  train split has missing values, ``price:missing`` (1 when missing);
+* categorical ``colour`` -> one-hot ``colour=red`` for each category with at least
+  ``select.min_category_count`` train rows (the ``select.max_categories`` most frequent);
+* text ``title`` -> word indicators ``title:men`` (same thresholds on document frequency).
+
+Categorical values and words are stripped, whitespace-collapsed and case-folded. The encoders
+use no target information, and everything needed to re-apply them is stored in ``schema.json``
+(``apply_feature_encoders``).
+
+Decisions, in order, each recorded with its reason and score:
+
+1. per source: ``high_missing`` (missing share > ``max_missing``), ``constant`` (at most one
+   distinct value), ``identifier_like`` (categorical, or integer numeric, with a distinct share
+   >= ``max_unique_ratio``), ``target_leak`` (the source alone predicts a task almost perfectly);
+2. per feature: ``near_constant`` (its most common value covers >= ``max_dominance`` of train
+   rows), ``target_leak``; the rest are ranked by mutual information with each task
+   (normalised by the task's entropy) averaged over the tasks; walking down the ranking,
+   ``duplicate`` (identical to a better feature) and ``correlated`` (|Pearson r| >=
+   ``max_correlation`` with a better feature) are dropped; the first ``max_features`` are kept,
+   the rest dropped as ``below_top_k``.
+
+Leakage score ("lift"): out-of-fold accuracy of predicting the task from the feature alone,
+rescaled so the majority-class baseline scores 0 and perfect prediction 1 (for regression tasks:
+out-of-fold R²). Discrete features predict the majority class of their value; numeric ones are
+cut into quantile bins first; a text source is scored with a naive Bayes model on its words.
+A score >= ``select.leakage_threshold`` is a leak.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import mutual_info_score
+
+from mtl.config import SelectConfig
+
+__all__ = [
+    "FEATURE_COLUMN_PREFIX", "TOKEN_PATTERN", "FeatureSelection", "TaskTarget",
+    "apply_feature_encoders", "detect_kind", "select_features", "tokenize",
+]
+
+FEATURE_COLUMN_PREFIX = "f__"
+TOKEN_PATTERN = r"[^\W_]+"
+_TOKEN = re.compile(TOKEN_PATTERN)
+_FOLDS = 5
+_BINS = 10
+
+
+@dataclass(frozen=True)
+class TaskTarget:
+    """One kept task as feature selection sees it: kind and encoded values (NaN = missing)."""
+
+    name: str
+    kind: str  # multiclass | binary | regression
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class FeatureSelection:
+    """``features``: schema entries of the kept features; ``decisions``: every source/feature."""
+
+    features: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+
+
+def _norm_text(v: Any) -> str | None:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    s = " ".join(str(v).split()).casefold()
+    return s or None
+
+
+def _to_float(v: Any) -> float:
+    if v is None:
+        return math.nan
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return x if math.isfinite(x) else math.nan
+
+
+def tokenize(v: Any) -> set[str]:
+    """Distinct case-folded words of a text cell."""
+    s = _norm_text(v)
+    return set(_TOKEN.findall(s)) if s is not None else set()
+
+
+def detect_kind(values: pd.Series) -> str:
+    """numeric (>= 95% of non-missing values parse), text (>= 3 words on average), categorical."""
+    present = [v for v in values if _norm_text(v) is not None]
+    if not present:
+        return "categorical"
+    parsed = sum(not math.isnan(_to_float(v)) for v in present)
+    if parsed >= 0.95 * len(present):
+        return "numeric"
+    words = np.mean([len(_TOKEN.findall(_norm_text(v) or "")) for v in present])
+    return "text" if words >= 3 else "categorical"
+
+
+def _encode_one(raw: pd.Series, enc: dict[str, Any]) -> np.ndarray:
+    kind = enc["type"]
+    if kind == "standardise":
+        x = np.array([_to_float(v) for v in raw], dtype=np.float64)
+        z = (x - enc["mean"]) / enc["std"]
+        return np.where(np.isnan(z), 0.0, z).astype(np.float32)
+    if kind == "missing_indicator":
+        return np.array([math.isnan(_to_float(v)) for v in raw], dtype=np.float32)
+    if kind == "one_hot":
+        return np.array([_norm_text(v) == enc["value"] for v in raw], dtype=np.float32)
+    if kind == "word":
+        return np.array([enc["word"] in tokenize(v) for v in raw], dtype=np.float32)
+    raise ValueError(f"unknown feature encoder type {kind!r}")
+
+
+def apply_feature_encoders(frame: pd.DataFrame, schema_features: Sequence[dict[str, Any]],
+                           prefix: str = "") -> np.ndarray:
+    """Encode raw rows exactly as the select stage did: ``[N, F]`` float32.
+
+    ``frame`` holds the raw source columns (a labels table; the clean manifest stores them as
+    ``src__<column>``, so pass ``prefix="src__"`` there); ``schema_features`` is
+    ``schema.json["features"]``. A source column absent from ``frame`` encodes as missing.
+    """
+    out = np.zeros((len(frame), len(schema_features)), dtype=np.float32)
+    for j, feat in enumerate(schema_features):
+        col = prefix + feat["source"]
+        raw = frame[col] if col in frame.columns else pd.Series([None] * len(frame), dtype=object)
+        out[:, j] = _encode_one(raw.reset_index(drop=True), feat["encoder"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores
+
+
+def _codes(x: np.ndarray, numeric: bool) -> np.ndarray:
+    """Discretise a feature: quantile bins for numeric values (NaN -> own bin), else factorize."""
+    if numeric:
+        finite = x[~np.isnan(x)]
+        if len(finite) == 0:
+            return np.zeros(len(x), dtype=np.int64)
+        edges = np.unique(np.quantile(finite, np.linspace(0, 1, _BINS + 1)[1:-1]))
+        codes = np.searchsorted(edges, np.where(np.isnan(x), 0, x), side="right")
+        return np.where(np.isnan(x), len(edges) + 1, codes).astype(np.int64)
+    codes, _ = pd.factorize(pd.Series(x, dtype=object), use_na_sentinel=False)
+    return codes.astype(np.int64)
+
+
+def _folds(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(n) % _FOLDS
+
+
+def _discrete_target(t: TaskTarget) -> np.ndarray:
+    """Class index per row (regression targets cut into quantile bins); -1 = missing."""
+    v = t.values
+    ok = ~np.isnan(v)
+    if t.kind != "regression":
+        return np.where(ok, np.nan_to_num(v), -1).astype(np.int64)
+    codes = _codes(v, numeric=True)
+    return np.where(ok, codes, -1)
+
+
+def leak_score(codes: np.ndarray, task: TaskTarget, seed: int) -> float:
+    """Out-of-fold lift of predicting ``task`` from a discrete feature alone (0 = baseline)."""
+    ok = ~np.isnan(task.values)
+    x, y_raw = codes[ok], task.values[ok]
+    n = len(x)
+    if n < 2 * _FOLDS:
+        return 0.0
+    fold = _folds(n, seed)
+    if task.kind == "regression":
+        pred = np.empty(n)
+        for f in range(_FOLDS):
+            tr, te = fold != f, fold == f
+            s = pd.Series(y_raw[tr]).groupby(x[tr]).mean()
+            pred[te] = pd.Series(x[te]).map(s).fillna(float(y_raw[tr].mean())).to_numpy()
+        sst = float(((y_raw - y_raw.mean()) ** 2).sum())
+        return float(1 - ((y_raw - pred) ** 2).sum() / sst) if sst > 0 else 0.0
+    y = y_raw.astype(np.int64)
+    k, c = int(y.max()) + 1, int(x.max()) + 1
+    correct = base_correct = 0
+    for f in range(_FOLDS):
+        tr, te = fold != f, fold == f
+        counts = np.bincount(x[tr] * k + y[tr], minlength=c * k).reshape(c, k)
+        overall = int(np.bincount(y[tr], minlength=k).argmax())
+        majority = np.where(counts.sum(1) > 0, counts.argmax(1), overall)
+        correct += int((majority[x[te]] == y[te]).sum())
+        base_correct += int((y[te] == overall).sum())
+    acc, base = correct / n, base_correct / n
+    return float((acc - base) / (1 - base)) if base < 1 else 0.0
+
+
+def text_leak_score(texts: list[set[str]], task: TaskTarget, seed: int) -> float:
+    """Out-of-fold lift of a naive Bayes (classification) / ridge (regression) model on words."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.naive_bayes import BernoulliNB
+
+    ok = ~np.isnan(task.values)
+    docs = [" ".join(sorted(t)) for t, good in zip(texts, ok, strict=True) if good]
+    y = task.values[ok]
+    if len(docs) < 2 * _FOLDS or not any(docs):
+        return 0.0
+    try:
+        bag = CountVectorizer(binary=True, token_pattern=r"\S+", min_df=2).fit_transform(docs)
+    except ValueError:  # no word appears twice: nothing to learn from
+        return 0.0
+    cv = KFold(_FOLDS, shuffle=True, random_state=seed)
+    if task.kind == "regression":
+        pred = cross_val_predict(Ridge(alpha=1.0), bag, y, cv=cv)
+        sst = float(((y - y.mean()) ** 2).sum())
+        return float(1 - ((y - pred) ** 2).sum() / sst) if sst > 0 else 0.0
+    yi = y.astype(np.int64)
+    pred = cross_val_predict(BernoulliNB(alpha=0.1), bag, yi, cv=cv)
+    base = float(np.bincount(yi).max() / len(yi))
+    acc = float((pred == yi).mean())
+    return (acc - base) / (1 - base) if base < 1 else 0.0
+
+
+def relevance(codes: np.ndarray, tasks: Sequence[TaskTarget]) -> dict[str, float]:
+    """Mutual information with each task divided by the task's entropy (0 = useless, 1 = exact)."""
+    out: dict[str, float] = {}
+    for t in tasks:
+        y = _discrete_target(t)
+        ok = y >= 0
+        if ok.sum() < 2:
+            out[t.name] = 0.0
+            continue
+        h = float(mutual_info_score(y[ok], y[ok]))
+        out[t.name] = float(mutual_info_score(codes[ok], y[ok]) / h) if h > 0 else 0.0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Selection
+
+
+def _candidate_features(name: str, raw: pd.Series, kind: str,
+                        cfg: SelectConfig) -> list[dict[str, Any]]:
+    """Schema entries (name, column, source, kind, encoder) a surviving source expands into."""
+    def entry(fname: str, enc: dict[str, Any]) -> dict[str, Any]:
+        return {"name": fname, "column": FEATURE_COLUMN_PREFIX + fname, "source": name,
+                "kind": kind, "encoder": enc}
+
+    if kind == "numeric":
+        x = np.array([_to_float(v) for v in raw], dtype=np.float64)
+        finite = x[~np.isnan(x)]
+        std = float(finite.std()) if len(finite) > 1 else 0.0
+        out = [entry(name, {"type": "standardise", "mean": float(finite.mean()),
+                            "std": std if std > 0 else 1.0})]
+        if np.isnan(x).any():
+            out.append(entry(f"{name}:missing", {"type": "missing_indicator"}))
+        return out
+    if kind == "categorical":
+        counts = Counter(v for v in (_norm_text(r) for r in raw) if v is not None)
+    else:
+        counts = Counter(w for r in raw for w in tokenize(r))
+    common = sorted(((v, n) for v, n in counts.items() if n >= cfg.min_category_count),
+                    key=lambda vn: (-vn[1], vn[0]))[: cfg.max_categories]
+    if kind == "categorical":
+        return [entry(f"{name}={v}", {"type": "one_hot", "value": v}) for v, _ in common]
+    return [entry(f"{name}:{w}", {"type": "word", "word": w}) for w, _ in common]
+
+
+def select_features(train: pd.DataFrame, sources: dict[str, str], tasks: Sequence[TaskTarget],
+                    cfg: SelectConfig, seed: int = 0, prefix: str = "") -> FeatureSelection:
+    """Decide which metadata features to use, from the train rows only.
+
+    ``train``: raw source columns (``prefix + column``) of the train split; ``sources``: column
+    -> kind (``auto`` is detected); ``tasks``: kept tasks with train targets aligned to ``train``.
+    """
+    decisions: list[dict[str, Any]] = []
+    candidates: list[dict[str, Any]] = []
+    n = len(train)
+    for name, declared in sources.items():
+        raw = train[prefix + name].reset_index(drop=True)
+        kind = detect_kind(raw) if declared == "auto" else declared
+        base: dict[str, Any] = {"feature": name, "level": "source", "source": name, "kind": kind}
+        normed = [_norm_text(v) for v in raw]
+        present = [v for v in normed if v is not None]
+        missing = 1 - len(present) / n if n else 1.0
+        if kind == "numeric":
+            nums = np.array([_to_float(v) for v in raw], dtype=np.float64)
+            missing = float(np.isnan(nums).mean()) if n else 1.0
+            distinct = len(np.unique(nums[~np.isnan(nums)]))
+        else:
+            distinct = len(set(present))
+        if missing > cfg.max_missing:
+            decisions.append({**base, "kept": False, "reason": "high_missing",
+                              "score": missing,
+                              "detail": f"{missing:.1%} missing > select.max_missing"})
+            continue
+        if distinct <= 1:
+            decisions.append({**base, "kept": False, "reason": "constant", "score": distinct,
+                              "detail": f"{distinct} distinct value(s) in the train split"})
+            continue
+        n_present = max(n - round(missing * n), 1)
+        unique_ratio = distinct / n_present
+        integer_like = kind == "numeric" and bool(
+            np.all(np.mod(nums[~np.isnan(nums)], 1) == 0))
+        if kind != "text" and (kind == "categorical" or integer_like) and \
+                unique_ratio >= cfg.max_unique_ratio and n_present >= 10:
+            decisions.append({**base, "kept": False, "reason": "identifier_like",
+                              "score": unique_ratio,
+                              "detail": f"{unique_ratio:.1%} of values are distinct "
+                                        ">= select.max_unique_ratio"})
+            continue
+        if kind == "text":
+            words = [tokenize(v) for v in raw]
+            lifts = {t.name: text_leak_score(words, t, seed) for t in tasks}
+        else:
+            codes = _codes(nums, True) if kind == "numeric" else _codes(
+                np.array(normed, dtype=object), False)
+            lifts = {t.name: leak_score(codes, t, seed) for t in tasks}
+        worst = max(lifts, key=lambda k: lifts[k]) if lifts else None
+        if worst is not None and lifts[worst] >= cfg.leakage_threshold:
+            leaked = sorted(k for k, v in lifts.items() if v >= cfg.leakage_threshold)
+            decisions.append({**base, "kept": False, "reason": "target_leak", "task": worst,
+                              "leaked_tasks": leaked, "score": lifts[worst], "lifts": lifts,
+                              "detail": f"alone predicts task(s) {leaked} (best: {worst!r}, "
+                                        f"lift {lifts[worst]:.3f}) >= select.leakage_threshold"})
+            continue
+        decisions.append({**base, "kept": True, "reason": "expanded", "score": None,
+                          "lifts": lifts})
+        candidates.extend(_candidate_features(name, raw, kind, cfg))
+
+    if not candidates:
+        return FeatureSelection([], decisions)
+    matrix = apply_feature_encoders(train, candidates, prefix=prefix)
+    scored: list[tuple[float, int, dict[str, float]]] = []
+    for j, feat in enumerate(candidates):
+        x = matrix[:, j].astype(np.float64)
+        fbase: dict[str, Any] = {"feature": feat["name"], "level": "feature",
+                                 "source": feat["source"], "kind": feat["kind"]}
+        numeric = feat["encoder"]["type"] == "standardise"
+        _, counts = np.unique(x, return_counts=True)
+        dominance = float(counts.max() / len(x)) if len(x) else 1.0
+        if dominance >= cfg.max_dominance:
+            decisions.append({**fbase, "kept": False, "reason": "near_constant",
+                              "score": dominance,
+                              "detail": f"one value covers {dominance:.1%} of train rows"})
+            continue
+        codes = _codes(x, numeric)
+        lifts = {t.name: leak_score(codes, t, seed) for t in tasks}
+        worst = max(lifts, key=lambda k: lifts[k]) if lifts else None
+        if worst is not None and lifts[worst] >= cfg.leakage_threshold:
+            decisions.append({**fbase, "kept": False, "reason": "target_leak", "task": worst,
+                              "score": lifts[worst], "lifts": lifts,
+                              "detail": f"alone predicts task {worst!r} with lift "
+                                        f"{lifts[worst]:.3f}"})
+            continue
+        mi = relevance(codes, tasks)
+        scored.append((float(np.mean(list(mi.values()))) if mi else 0.0, j, mi))
+
+    scored.sort(key=lambda s: (-s[0], candidates[s[1]]["name"]))
+    kept: list[int] = []
+    for rank, (score, j, mi) in enumerate(scored, start=1):
+        feat = candidates[j]
+        info: dict[str, Any] = {"feature": feat["name"], "level": "feature",
+                                "source": feat["source"], "kind": feat["kind"], "score": score,
+                                "rank": rank, "relevance": mi}
+        x = matrix[:, j]
+        reason, detail = None, ""
+        for k in kept:
+            other = matrix[:, k]
+            if np.array_equal(x, other):
+                reason, detail = "duplicate", f"identical to {candidates[k]['name']!r}"
+                break
+            r = _corr(x, other)
+            if abs(r) >= cfg.max_correlation:
+                reason, detail = "correlated", (f"|r| = {abs(r):.3f} with "
+                                                f"{candidates[k]['name']!r} (better ranked)")
+                break
+        if reason is None and len(kept) >= cfg.max_features:
+            reason, detail = "below_top_k", f"select.max_features={cfg.max_features} reached"
+        if reason is not None:
+            decisions.append({**info, "kept": False, "reason": reason, "detail": detail})
+            continue
+        kept.append(j)
+        decisions.append({**info, "kept": True, "reason": "top_k", "detail": ""})
+    return FeatureSelection([candidates[j] for j in kept], decisions)
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.astype(np.float64) - a.mean()
+    b = b.astype(np.float64) - b.mean()
+    denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denom) if denom > 0 else 0.0
