@@ -57,6 +57,8 @@ class TaskConfig:
     casefold: bool = False
     # Raw spelling -> canonical label, applied after stripping (and case-folding when enabled).
     synonyms: dict[str, str] = field(default_factory=dict)
+    # Multilabel tasks: the separator between the labels of one cell ("red|blue").
+    separator: str = "|"
 
     def problems(self, where: str) -> list[str]:
         kinds = [k.value for k in TaskKind]
@@ -71,6 +73,8 @@ class TaskConfig:
         if self.classes is not None and self.kind == "regression":
             out.append(f"{where}.classes: only classification tasks have classes, "
                        f"found classes for regression task {self.name!r}")
+        if not self.separator:
+            out.append(f"{where}.separator: expected a non-empty string, found ''")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             out.append(f"{where}.classes: expected distinct classes, found "
                        f"{list(self.classes)}")
@@ -93,7 +97,7 @@ class DatasetConfig:
     # Label hierarchies as chains of task names, finest first, e.g.
     # [articleType, subCategory, masterCategory]: each level must be a function of the previous.
     hierarchy: tuple[tuple[str, ...], ...] = ()
-    # Tabular metadata columns offered to feature selection: column -> auto|numeric|categorical|text.
+    # Tabular metadata columns for feature selection: column -> auto|numeric|categorical|text.
     feature_columns: dict[str, str] = field(default_factory=dict)
     # Also offer every other column (not id/image/split/group/task) with kind auto.
     detect_features: bool = False

@@ -73,7 +73,7 @@ class SplitData:
         return len(self.images)
 
     def target_tensors(self, tasks: Sequence[TaskSchema]) -> list[Tensor]:
-        """Per task, in ``tasks`` order: ``[N]`` or ``[N, K]`` (multilabel) float32, NaN = missing."""
+        """Per task, in order: ``[N]`` or ``[N, K]`` (multilabel) float32, NaN = missing."""
         return [torch.from_numpy(np.ascontiguousarray(self.targets[t.name], dtype=np.float32))
                 for t in tasks]
 

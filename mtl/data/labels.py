@@ -9,7 +9,9 @@ Order of operations for one raw cell (each step that changes a value is counted 
    when ``classes`` is set, else the most frequent spelling in the column (ties: sorted first);
 5. kind-specific parsing: regression -> finite float (``not_a_number``, ``not_finite``);
    binary -> ``"0"``/``"1"`` (``not_binary``); multiclass with declared ``classes``: any other
-   value -> missing (``undeclared_class``).
+   value -> missing (``undeclared_class``); multilabel: the cell is split on the task's
+   ``separator``, each label normalised as above, undeclared labels dropped (recorded as
+   ``undeclared_class``), and the canonical form is the sorted distinct labels joined again.
 """
 
 from __future__ import annotations
@@ -54,8 +56,7 @@ class LabelNormaliser:
         if task.casefold:
             spellings: Counter[str] = Counter()
             for raw in values:
-                pre = norm._pre(raw)
-                if pre is not None:
+                for pre in norm._tags(raw):
                     spellings[pre] += 1
             best: dict[str, tuple[int, str]] = {}
             for sp, n in spellings.items():
@@ -79,10 +80,35 @@ class LabelNormaliser:
         key = v.casefold() if self.task.casefold else v
         return self.synonyms.get(key, v)
 
+    def _tags(self, raw: str | None) -> list[str]:
+        """Steps 1-3 for every label of a cell (one label unless the task is multilabel)."""
+        if raw is None:
+            return []
+        parts = raw.split(self.task.separator) if self.task.kind == "multilabel" else [raw]
+        return [v for v in (self._pre(p) for p in parts) if v is not None]
+
+    def _multilabel(self, raw: str) -> tuple[Any, str | None]:
+        """``"Red | blue|red"`` -> ``"blue|red"`` (canonical, sorted, distinct); undeclared
+        labels are dropped (the cell's issue says so) and an empty cell is missing."""
+        tags = []
+        for v in self._tags(raw):
+            c = self.canonical.get(v.casefold(), v) if self.task.casefold else v
+            tags.append(c)
+        issue = None
+        if self.task.classes is not None:
+            declared = [t for t in tags if t in self.task.classes]
+            issue = "undeclared_class" if len(declared) != len(tags) else None
+            tags = declared
+        if not tags:
+            return None, issue
+        return self.task.separator.join(sorted(set(tags))), issue
+
     def __call__(self, raw: str | None) -> tuple[Any, str | None]:
         """(normalised label or ``None``, issue reason or ``None``) for one raw cell."""
         if raw is None:
             return None, None
+        if self.task.kind == "multilabel":
+            return self._multilabel(raw)
         v = self._pre(raw)
         if v is None:
             return None, None

@@ -206,7 +206,8 @@ def select(manifest: pd.DataFrame, dataset: DatasetConfig, cfg: SelectConfig) ->
                                         cfg.min_class_count, "classes": rare}
                 if cfg.rare_classes == "other":
                     info["rare_classes"]["merged_into"] = cfg.other_label
-        vocab = build_vocabulary(col)
+        vocab = (build_vocabulary(_split_tags(col, _separator(dataset, t.name)))
+                 if kind is TaskKind.MULTILABEL else build_vocabulary(col))
         need = 2 if kind is TaskKind.BINARY else cfg.min_classes
         if len(vocab) < need or (kind is TaskKind.BINARY and len(vocab) != 2):
             wanted = "exactly 2" if kind is TaskKind.BINARY else f"at least {need}"
@@ -259,6 +260,15 @@ def select(manifest: pd.DataFrame, dataset: DatasetConfig, cfg: SelectConfig) ->
             continue
         vocab = vocabs[tc.name]
         index = {c: i for i, c in enumerate(vocab)}
+        if kind is TaskKind.MULTILABEL:
+            enc = _multi_hot(col, index, tc.separator)  # [N, K], NaN rows = missing
+            targets[tc.name] = enc
+            train_rows = enc[is_train]
+            train_rows = train_rows[~np.isnan(train_rows[:, 0])]
+            counts = Counter({i: int(c) for i, c in enumerate(train_rows.sum(0))})
+            kept.append(TaskSchema(tc.name, kind, tc.column, classes=vocab,
+                                   class_counts=tuple(counts.get(i, 0) for i in range(len(vocab)))))
+            continue
         enc = np.array([np.nan if pd.isna(v) else index[str(v)] for v in col],
                        dtype=np.float32)
         targets[tc.name] = enc
@@ -272,14 +282,20 @@ def select(manifest: pd.DataFrame, dataset: DatasetConfig, cfg: SelectConfig) ->
     sources = {c[len(FEATURE_PREFIX):]: "auto" for c in frame.columns
                if c.startswith(FEATURE_PREFIX)}
     sources.update({c: k for c, k in dataset.feature_columns.items() if c in sources})
-    train_targets = [TaskTarget(t.name, t.kind.value, targets[t.name][is_train]) for t in kept]
+    # Feature scoring (mutual information, leakage) works on one label per row: multilabel
+    # tasks take no part in it.
+    train_targets = [TaskTarget(t.name, t.kind.value, targets[t.name][is_train]) for t in kept
+                     if t.kind is not TaskKind.MULTILABEL]
     selection = select_features(frame[is_train], sources, train_targets, cfg, seed=cfg.seed,
                                 prefix=FEATURE_PREFIX)
     feature_matrix = apply_feature_encoders(frame, selection.features, prefix=FEATURE_PREFIX)
 
     base = frame[["id", "image", "row"]].copy()
     for ts in kept:
-        base[ts.name] = targets[ts.name]
+        t_enc = targets[ts.name]
+        # A multilabel target is stored as a list column (None when missing).
+        base[ts.name] = (t_enc if t_enc.ndim == 1 else
+                         [None if np.isnan(r[0]) else r.tolist() for r in t_enc])
     for j, feat in enumerate(selection.features):
         base[feat["column"]] = feature_matrix[:, j]
     splits = {s: base[(split == s).to_numpy()].reset_index(drop=True) for s in SPLITS}
@@ -321,6 +337,31 @@ def _group_report(split: pd.Series, groups: np.ndarray | None) -> dict[str, Any]
     }
 
 
+def _separator(dataset: DatasetConfig, task: str) -> str:
+    return next(t.separator for t in dataset.tasks if t.name == task)
+
+
+def _split_tags(col: pd.Series, separator: str) -> pd.Series:
+    """A multilabel column's individual labels, one per entry."""
+    return pd.Series([tag for v in col.dropna() for tag in str(v).split(separator)])
+
+
+def _multi_hot(col: pd.Series, index: dict[str, int], separator: str) -> np.ndarray:
+    """``"a|c"`` -> ``[1, 0, 1]``; a missing cell -> a row of NaN. ``[N, K]`` float32."""
+    out = np.zeros((len(col), len(index)), dtype=np.float32)
+    for i, v in enumerate(col):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            out[i] = np.nan
+        else:
+            for tag in str(v).split(separator):
+                out[i, index[tag]] = 1.0
+    return out
+
+
 def _class_counts(col: pd.Series, task: TaskSchema) -> dict[str, int]:
+    if task.kind is TaskKind.MULTILABEL:
+        rows = [r for r in col if r is not None]
+        sums = np.sum(rows, axis=0) if rows else np.zeros(len(task.classes))
+        return {c: int(sums[i]) for i, c in enumerate(task.classes)}
     c = Counter(int(v) for v in col.dropna())
     return {task.classes[i]: c.get(i, 0) for i in range(len(task.classes))}
