@@ -6,14 +6,21 @@ Cost (backward passes per step):
 
 * loss-level methods: 1 (``sum_t w_t L_t``);
 * gradient level, ``backend="full"``: the ``K`` per-task gradients of the present tasks are
-  computed in **one vmapped backward** (``torch.autograd.grad(..., is_grads_batched=True)``);
-  if an op has no batching rule we fall back to ``K`` backward passes (warned once);
+  computed in **one vmapped backward** (``torch.autograd.grad(..., is_grads_batched=True)``) on
+  accelerators, and in ``K`` backward passes of the retained graph on the CPU, where the loop is
+  faster (the CPU batching rules of convolution / pooling backward concatenate per-sample
+  results; LeNet, batch 256, 2 threads, benchmarks/results/weighting_cost.md: loop 1.73-1.81x,
+  vmapped 1.83-2.70x a plain step);
+  :func:`set_vmapped_gradients` forces either. If an op has no batching rule we fall back to
+  ``K`` backward passes (warned once). The loop writes each task's shared gradient straight
+  into its row of the ``[K, P]`` matrix (no stack-then-concatenate copies);
 * gradient level, ``backend="representation"``: one vmapped backward through the heads only
   (per-task gradients w.r.t. ``z``) plus **one** backward of ``z`` through the backbone.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 
@@ -32,23 +39,36 @@ __all__ = [
 
 BACKENDS = ("full", "representation")
 
-# Flipped to False (for the process) the first time a vmapped backward raises.
-_BATCHED_OK = True
+# ``None``: automatic (vmapped on accelerators, one backward per task on the CPU); ``True`` /
+# ``False`` force it. Flipped to False (for the process) the first time a vmapped backward raises.
+_BATCHED_OK: bool | None = None
 
 
-def set_vmapped_gradients(enabled: bool) -> None:
-    """Use the vmapped per-task backward (default) or one backward per task (``False``)."""
+def set_vmapped_gradients(enabled: bool | None) -> None:
+    """Force the vmapped per-task backward (``True``), one backward per task (``False``), or
+    choose by device (``None``, the default: vmapped on accelerators, a loop on the CPU)."""
     global _BATCHED_OK
-    _BATCHED_OK = bool(enabled)
+    _BATCHED_OK = None if enabled is None else bool(enabled)
 
 
-def backward_passes(weighting: Weighting, backend: str = "full") -> str:
+def _vmapped(device: torch.device) -> bool:
+    """Whether the per-task gradients on ``device`` are computed in one vmapped backward."""
+    return device.type != "cpu" if _BATCHED_OK is None else _BATCHED_OK
+
+
+def backward_passes(
+    weighting: Weighting, backend: str = "full", device: torch.device | str | None = None
+) -> str:
     """Human-readable cost of one step (for logs, docs and the benchmark)."""
     if weighting.level == "loss":
         return "1"
+    if device is None and _BATCHED_OK is None:
+        batched = "1 vmapped (T), T on CPU"
+    else:
+        batched = "1 vmapped (T)" if _vmapped(torch.device(device or "cpu")) else "T"
     if backend == "representation":
-        return "1 + heads (T vmapped)"
-    return "1 vmapped (T)" if _BATCHED_OK else "T"
+        return f"1 + heads ({batched})"
+    return batched
 
 
 def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
@@ -62,29 +82,41 @@ def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
 
 
 def _per_task_grads(
-    losses: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor, retain_graph: bool = True
-) -> list[Tensor]:
-    """Gradients of ``grad_outputs @ losses`` w.r.t. each input, batched: ``[K, *input.shape]``.
+    losses: Tensor,
+    inputs: Sequence[Tensor],
+    grad_outputs: Tensor,
+    n_flat: int,
+    flat_dtype: torch.dtype | None = None,
+    retain_graph: bool = True,
+) -> tuple[Tensor, list[Tensor]]:
+    """Gradients of ``grad_outputs @ losses`` w.r.t. each input, one row per task.
 
-    ``grad_outputs [K, T]`` selects (and scales) the tasks. One vmapped backward when
-    possible; otherwise one backward per row. The graph is retained by default: the
-    representation backend needs the part below ``z``, and keeping the saved tensors alive
-    until the caller drops the graph costs no compute.
+    ``grad_outputs [K, T]`` selects (and scales) the tasks. Returns the gradients of the first
+    ``n_flat`` inputs flattened and concatenated into ``[K, P]`` (in ``flat_dtype``, default
+    the inputs' dtype) and those of the other inputs as ``[K, *input.shape]``. One vmapped
+    backward where :func:`_vmapped` says so; otherwise one backward per row, each row written
+    straight into the ``[K, P]`` matrix. The graph is retained by default: the representation
+    backend needs the part below ``z``, and keeping the saved tensors alive until the caller
+    drops the graph costs no compute.
     """
     global _BATCHED_OK
     k = grad_outputs.shape[0]
-    if _BATCHED_OK and k > 1:
+    inputs = list(inputs)
+    flat_inputs = inputs[:n_flat]
+    dtype = flat_dtype or (flat_inputs[0].dtype if flat_inputs else grad_outputs.dtype)
+    if k > 1 and _vmapped(grad_outputs.device):
         try:
             out = torch.autograd.grad(
                 losses,
-                list(inputs),
+                inputs,
                 grad_outputs=grad_outputs,
                 is_grads_batched=True,
                 retain_graph=True,  # kept so that the per-row fallback can still run
                 allow_unused=True,
                 materialize_grads=True,
             )
-            return list(out)
+            flat = torch.cat([g.reshape(k, -1) for g in out[:n_flat]], dim=1).to(dtype)
+            return flat, list(out[n_flat:])
         except RuntimeError as err:  # an op without a vmap batching rule
             _BATCHED_OK = False
             warnings.warn(
@@ -93,23 +125,33 @@ def _per_task_grads(
                 RuntimeWarning,
                 stacklevel=3,
             )
-    rows = [
-        torch.autograd.grad(
+    numel = sum(p.numel() for p in flat_inputs)
+    flat = grad_outputs.new_empty((k, numel), dtype=dtype)
+    rest: list[list[Tensor]] = [[] for _ in inputs[n_flat:]]
+    for i in range(k):
+        row = torch.autograd.grad(
             losses,
-            list(inputs),
+            inputs,
             grad_outputs=grad_outputs[i],
             retain_graph=retain_graph or i < k - 1,
             allow_unused=True,
             materialize_grads=True,
         )
-        for i in range(k)
-    ]
-    return [torch.stack(gs) for gs in zip(*rows, strict=True)]
+        if n_flat:
+            # one copy per row, with the dtype cast fused in (no stack, then concatenate)
+            torch.cat([g.reshape(-1).to(dtype) for g in row[:n_flat]], out=flat[i])
+        for acc, g in zip(rest, row[n_flat:], strict=True):
+            acc.append(g)
+    return flat, [torch.stack(gs) for gs in rest]
 
 
-def _work_dtype(t: Tensor) -> torch.dtype:
-    """float64 stays float64; half precision is promoted to float32 for the method."""
-    return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+def _work_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
+    """The dtype of their concatenation, with half precision promoted to float32.
+
+    float64 stays float64; the methods never see float16/bfloat16 gradients.
+    """
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def multitask_backward(
@@ -180,11 +222,9 @@ def multitask_backward(
     # [K, T]: row i selects task tasks[i]; scaled by loss_scale so fp16 grads do not underflow.
     select = torch.zeros(k, num_tasks, dtype=losses.dtype, device=losses.device)
     select[torch.arange(k, device=losses.device), tasks] = scale
-    per_task = _per_task_grads(losses, targets, select)
-    shared_g, head_g = per_task[:n_shared], per_task[n_shared:]
-
-    flat = torch.cat([g.reshape(k, -1) for g in shared_g], dim=1)  # [K, P]
-    flat = flat.to(_work_dtype(flat))
+    flat, head_g = _per_task_grads(  # flat: [K, P]
+        losses, targets, select, n_shared, flat_dtype=_work_dtype(targets[:n_shared])
+    )
     if scale != 1.0:
         flat = flat / scale
     overflow = scale != 1.0 and not bool(torch.isfinite(flat).all())
@@ -242,8 +282,9 @@ def task_gradient_cosine(
         return out
     select = torch.zeros(k, t, dtype=losses.dtype, device=losses.device)
     select[torch.arange(k, device=losses.device), tasks] = 1.0
-    grads = _per_task_grads(losses, shared, select, retain_graph=retain_graph)
-    flat = torch.cat([g.reshape(k, -1) for g in grads], dim=1).to(_work_dtype(grads[0]))
+    flat, _ = _per_task_grads(
+        losses, shared, select, len(shared), _work_dtype(shared), retain_graph=retain_graph
+    )
     norms = flat.norm(dim=1)  # [K]
     unit = flat / norms.clamp_min(torch.finfo(flat.dtype).tiny)[:, None]
     cos = (unit @ unit.T).clamp(-1.0, 1.0)
