@@ -13,6 +13,7 @@ Run it: ``python -m flows.pipeline`` (all stages), ``python -m flows.pipeline tr
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -127,11 +128,13 @@ def run_stage(stage: str, project_dir: str, force: bool = False) -> str:
         ["--force"] if force else [])
     logger.info("running %s", " ".join(cmd[1:]))
     proc = subprocess.Popen(cmd, cwd=project_dir, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=_env(), bufsize=1)
+                            stderr=subprocess.STDOUT, env=_env())
     lines: list[str] = []
     assert proc.stdout is not None
-    for raw in proc.stdout:
-        # Progress bars redraw with \r; log only the final state of each line.
+    # Lines end at "\n" only: a progress bar redraws itself with "\r", and only the final
+    # state of each bar reaches the log.
+    stream = io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace", newline="\n")
+    for raw in stream:
         line = raw.rstrip("\n").split("\r")[-1]
         if line.strip():
             lines.append(line)

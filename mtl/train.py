@@ -74,7 +74,7 @@ class SplitData:
 
     def target_tensors(self, tasks: Sequence[TaskSchema]) -> list[Tensor]:
         """Per task, in order: ``[N]`` or ``[N, K]`` (multilabel) float32, NaN = missing."""
-        return [torch.from_numpy(np.ascontiguousarray(self.targets[t.name], dtype=np.float32))
+        return [torch.from_numpy(np.array(self.targets[t.name], dtype=np.float32))  # a copy
                 for t in tasks]
 
     def fingerprint(self) -> str:
