@@ -126,6 +126,41 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _decisions(clean_report: Mapping[str, Any], select_report: Mapping[str, Any]) -> list[str]:
+    """Duplicate, hierarchy and feature (leakage) decisions of the clean and select stages."""
+    lines: list[str] = []
+    dup = clean_report.get("duplicates") or {}
+    groups = select_report.get("groups") or {}
+    if dup:
+        lines += ["", "## Duplicates", "",
+                  f"- exact-duplicate groups: {dup.get('exact_duplicate_groups', 0)}, of which "
+                  f"{dup.get('exact_duplicate_groups_with_conflicting_labels', 0)} with "
+                  f"conflicting labels (action: {dup.get('conflicting_duplicates_action')})",
+                  f"- near-duplicate groups (pHash distance <= "
+                  f"{dup.get('near_duplicate_distance')}): {dup.get('near_duplicate_groups', 0)}"
+                  f" holding {dup.get('rows_in_near_duplicate_groups', 0)} rows; groups split "
+                  f"across train/val/test: {groups.get('groups_across_splits', 'n/a')}"]
+    hierarchy = clean_report.get("hierarchy") or {}
+    if hierarchy:
+        lines += ["", "## Label hierarchy", ""]
+        for link, h in hierarchy.items():
+            bad = ", ".join(f"{child} -> {dict(parents)}"
+                            for child, parents in list(h.get("violations", {}).items())[:5])
+            lines.append(f"- {link}: {h.get('violating_child_values', 0)} of "
+                         f"{h.get('child_values', 0)} values map to more than one parent "
+                         f"({h.get('violating_rows', 0)} rows, action: {h.get('action')})"
+                         + (f": {bad}" if bad else ""))
+    features = select_report.get("features") or {}
+    if features.get("decisions"):
+        lines += ["", "## Tabular features", "",
+                  f"- kept: {', '.join(f'`{k}`' for k in features.get('kept', [])) or 'none'}"]
+        for d in features["decisions"]:
+            if not d.get("kept"):
+                lines.append(f"- dropped `{d['feature']}`: {d.get('reason')}"
+                             + (f" ({d['detail']})" if d.get("detail") else ""))
+    return lines
+
+
 def render_report(result: EvalResult, tasks: Sequence[TaskSchema], clean_report: Mapping[str, Any],
                   select_report: Mapping[str, Any]) -> str:
     """``reports/report.md``: data summary (clean/select reports) and the metrics table."""
@@ -139,6 +174,13 @@ def render_report(result: EvalResult, tasks: Sequence[TaskSchema], clean_report:
     for name, d in select_report.get("tasks", {}).items():
         status = "kept" if d.get("kept") else f"dropped: {d.get('reason')}"
         lines.append(f"- task `{name}`: {status} (label coverage {d.get('coverage', 0):.1%})")
+        rare = d.get("rare_classes")
+        if rare:
+            into = (f"merged into `{rare['merged_into']}`" if "merged_into" in rare
+                    else "set missing")
+            lines.append(f"  - {len(rare['classes'])} class(es) with fewer than "
+                         f"{rare['min_class_count']} rows {into}")
+    lines += _decisions(clean_report, select_report)
     lines += ["", "## Test metrics", "", "| task | kind | metric | value | n |",
               "|---|---|---|---|---|"]
     for task in tasks:

@@ -65,10 +65,30 @@ def test_evaluate_model_and_report() -> None:
     assert result.confusion["colour"].sum() == 10
     actual, predicted = result.pairs["colour"]
     assert len(actual) == len(predicted) == 10
-    report = render_report(result, (CLS, REG),
-                           {"raw_rows": 12, "clean_rows": 10, "rejected_rows": 2,
-                            "rejects_by_reason": {"empty_file": 2}},
-                           {"split_source": "data", "split_sizes": {"test": 10},
-                            "tasks": {"colour": {"kept": True, "coverage": 1.0}}})
+    clean_report = {
+        "raw_rows": 12, "clean_rows": 10, "rejected_rows": 2,
+        "rejects_by_reason": {"empty_file": 2},
+        "duplicates": {"exact_duplicate_groups": 3,
+                       "exact_duplicate_groups_with_conflicting_labels": 1,
+                       "conflicting_duplicates_action": "reject", "near_duplicate_distance": 0,
+                       "near_duplicate_groups": 2, "rows_in_near_duplicate_groups": 5},
+        "hierarchy": {"type -> category": {"child_values": 4, "violating_child_values": 1,
+                                           "violating_rows": 2, "action": "majority",
+                                           "violations": {"Sandals": {"Shoes": 9, "Bags": 2}}}},
+    }
+    select_report = {
+        "split_source": "data", "split_sizes": {"test": 10}, "groups": {"groups_across_splits": 0},
+        "tasks": {"colour": {"kept": True, "coverage": 1.0, "rare_classes": {
+            "action": "other", "min_class_count": 20, "classes": {"teal": 3},
+            "merged_into": "other"}}},
+        "features": {"kept": ["price"], "decisions": [
+            {"feature": "name", "kept": False, "reason": "target_leak", "detail": "lift 0.99"},
+            {"feature": "price", "kept": True}]},
+    }
+    report = render_report(result, (CLS, REG), clean_report, select_report)
     assert "empty_file: 2" in report and "| colour | multiclass | accuracy |" in report
     assert "| year | regression | rmse |" in report
+    assert "1 class(es) with fewer than 20 rows merged into `other`" in report
+    assert "1 with conflicting labels" in report and "split across train/val/test: 0" in report
+    assert "Sandals -> {'Shoes': 9, 'Bags': 2}" in report
+    assert "dropped `name`: target_leak (lift 0.99)" in report and "kept: `price`" in report

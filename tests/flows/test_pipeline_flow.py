@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from flows.pipeline import parse_dot, stage_order, topological
 from tests.conftest import make_project
+
+LOCK_HOLDER = """
+import sys, time
+from dvc.repo import Repo
+repo = Repo(sys.argv[1])
+repo.lock.lock()
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+repo.lock.unlock()
+"""
 
 DOT = """strict digraph {
 "ingest";
@@ -68,4 +80,21 @@ def test_flow_runs_every_stage_on_a_real_server(tmp_path: Path) -> None:
         # Second run: DVC finds everything cached, every task still completes.
         again = mtl_pipeline(project_dir=str(project))
         assert all("Running stage" not in out for out in again.values())
+
+        # Another DVC process holds the repository lock: the stage is retried, then runs.
+        holder = subprocess.Popen(
+            [sys.executable, "-c", LOCK_HOLDER, str(project), "7"], stdout=subprocess.PIPE,
+            text=True)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        state = mtl_pipeline(stages=["select"], force=True, project_dir=str(project),
+                             return_state=True)
+        holder.wait()
+        assert state.is_completed(), state
+
+        async def select_runs() -> list[int]:
+            async with get_client() as client:
+                runs = await client.read_task_runs()
+            return [r.run_count for r in runs if r.name == "dvc repro select"]
+
+        assert max(asyncio.run(select_runs())) >= 2  # failed on the lock, retried, succeeded
     assert (project / "metrics" / "eval.json").is_file()
