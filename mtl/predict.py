@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mtl.augment.pipeline import _resize
+from mtl.augment.pipeline import resize_image
 from mtl.data.images import load_image
 from mtl.evaluate import predict
 from mtl.models.base import MultiTaskModel
@@ -53,7 +53,7 @@ def predict_files(model: MultiTaskModel, tasks: Sequence[TaskSchema], files: Seq
                   batch_size: int = 256, features: torch.Tensor | None = None) -> pd.DataFrame:
     """Decode, resize and predict ``files``; returns ``file`` plus one column per task."""
     mode = "L" if in_channels == 1 else "RGB"
-    images = np.stack([_resize(load_image(f, mode), image_size) for f in files])
+    images = np.stack([resize_image(load_image(f, mode), image_size) for f in files])
     outputs = predict(model.to(device), torch.from_numpy(images), device, batch_size, features)
     frame = decode_predictions(tasks, outputs)
     frame.insert(0, "file", [str(f) for f in files])

@@ -19,7 +19,9 @@ from mtl.data.clean import resolve_image_path
 from mtl.data.images import load_image
 from mtl.data.io import read_json, write_json
 
-__all__ = ["AugmentResult", "augment", "build_transform", "load_split", "preview_grid"]
+__all__ = [
+    "AugmentResult", "augment", "build_transform", "load_split", "preview_grid", "resize_image",
+]
 
 SHARD_PATTERN = "images-{:05d}.npy"
 
@@ -56,8 +58,8 @@ def build_transform(specs: Sequence[Mapping[str, Any]], seed: int | None = None)
     return transform
 
 
-def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``[H, W, C]`` uint8 -> ``[h, w, C]`` (area-averaging when shrinking)."""
+def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``[H, W, C]`` uint8 -> ``[h, w, C]``: the one resize used for training and prediction."""
     h, w = size
     if img.shape[:2] == (h, w):
         return img
@@ -74,7 +76,7 @@ def _samples(frame: pd.DataFrame, root: Path, mode: str, size: tuple[int, int],
         path = resolve_image_path(root, rel)
         if path is None:  # the clean stage rejects these; reaching here means a stale manifest
             raise ValueError(f"augment: {rel!r} resolves outside {root}; rerun the clean stage")
-        img = _resize(load_image(path, mode), size)
+        img = resize_image(load_image(path, mode), size)
         if keep_original or transform is None:
             yield i, 0, img
         if transform is not None:
@@ -82,7 +84,7 @@ def _samples(frame: pd.DataFrame, root: Path, mode: str, size: tuple[int, int],
                 out = transform(image=img)["image"]
                 out = out[:, :, None] if out.ndim == 2 else out
                 # Geometric transforms may return another size (e.g. crops); keep shards uniform.
-                yield i, c, _resize(np.ascontiguousarray(out, dtype=np.uint8), size)
+                yield i, c, resize_image(np.ascontiguousarray(out, dtype=np.uint8), size)
 
 
 def _write_split(samples: Iterator[tuple[int, int, np.ndarray]], frame: pd.DataFrame,
