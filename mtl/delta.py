@@ -32,10 +32,12 @@ from mtl.schema import TaskKind
 
 __all__ = [
     "PRIMARY_METRIC",
+    "Comparison",
     "MeanStd",
     "Verdict",
     "aggregate_seeds",
     "compare",
+    "compare_to_baselines",
     "delta_m",
     "format_mean_std",
     "mean_std",
@@ -98,6 +100,55 @@ def delta_m(mtl: Mapping[str, float | Sequence[float]], stl: Mapping[str, float 
                          f"baseline task, missing for {missing}")
     deltas = [relative_delta(mtl[t], stl[t], higher_is_better[t]) for t in stl]
     return float(np.mean(deltas))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The multi-task model against its single-task baselines, ready for ``metrics/eval.json``.
+
+    ``per_task[t]`` holds ``stl`` (the baseline's metrics), ``delta_metric`` (the primary metric
+    compared), ``higher_is_better`` and ``delta_pct`` (positive = multi-task better); ``delta_m``
+    is their mean over ``tasks`` (the tasks that have a baseline).
+    """
+
+    per_task: dict[str, dict[str, object]]
+    delta_m: float
+    tasks: tuple[str, ...]
+
+
+def compare_to_baselines(kinds: Mapping[str, TaskKind | str],
+                         mtl: Mapping[str, Mapping[str, object]],
+                         stl: Mapping[str, Mapping[str, object]]) -> Comparison:
+    """Per task the relative difference of the primary metric, and Δm over the baseline tasks.
+
+    ``kinds`` maps every task to its kind; ``mtl`` and ``stl`` map task name to that model's
+    metrics (as :mod:`mtl.kind_metrics` computes them). A task without a baseline in ``stl`` is
+    left out of Δm (``tasks`` says which were compared); a baseline for an unknown task is an
+    error.
+    """
+    unknown = sorted(set(stl) - set(kinds))
+    if unknown:
+        raise ValueError(f"compare_to_baselines: expected baselines for tasks of the model "
+                         f"{sorted(kinds)}, found baselines for unknown tasks {unknown}")
+    per_task: dict[str, dict[str, object]] = {}
+    mtl_values: dict[str, float] = {}
+    stl_values: dict[str, float] = {}
+    higher: dict[str, bool] = {}
+    for task, kind in kinds.items():
+        if task not in stl:
+            continue
+        metric, hib = primary_metric(kind)
+        m, s = mtl[task].get(metric), stl[task].get(metric)
+        if not isinstance(m, (int, float)) or not isinstance(s, (int, float)):
+            raise ValueError(f"compare_to_baselines: task {task!r} ({TaskKind(kind).value}): "
+                             f"expected a number for {metric!r} in both models' metrics, found "
+                             f"{m!r} (multi-task) and {s!r} (single-task)")
+        mtl_values[task], stl_values[task], higher[task] = float(m), float(s), hib
+        per_task[task] = {"stl": dict(stl[task]), "delta_metric": metric,
+                          "higher_is_better": hib,
+                          "delta_pct": relative_delta(float(m), float(s), hib)}
+    dm = delta_m(mtl_values, stl_values, higher) if stl_values else math.nan
+    return Comparison(per_task, dm, tuple(per_task))
 
 
 @dataclass(frozen=True)

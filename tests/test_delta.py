@@ -11,6 +11,7 @@ from mtl.delta import (
     Verdict,
     aggregate_seeds,
     compare,
+    compare_to_baselines,
     delta_m,
     format_mean_std,
     mean_std,
@@ -111,3 +112,21 @@ def test_compare_uses_the_larger_spread_and_direction() -> None:
     # Lower is better (MAE): a smaller value is the better one.
     assert compare(MeanStd(1.0, 0.1, 3), MeanStd(2.0, 0.1, 3), higher_is_better=False) \
         is Verdict.BETTER
+
+
+def test_compare_to_baselines_fills_the_eval_json_fields() -> None:
+    kinds = {"digit": TaskKind.MULTICLASS, "age": TaskKind.REGRESSION, "tags": "multilabel"}
+    mtl = {"digit": {"accuracy": 0.9, "n": 10}, "age": {"mae": 1.8, "rmse": 2.0},
+           "tags": {"micro_f1": 0.5}}
+    stl = {"digit": {"accuracy": 1.0, "n": 10}, "age": {"mae": 2.0, "rmse": 2.5}}
+    c = compare_to_baselines(kinds, mtl, stl)
+    assert c.tasks == ("digit", "age")  # tags has no baseline: left out of Δm
+    assert c.per_task["age"] == {"stl": {"mae": 2.0, "rmse": 2.5}, "delta_metric": "mae",
+                                 "higher_is_better": False, "delta_pct": pytest.approx(10.0)}
+    assert c.per_task["digit"]["delta_pct"] == pytest.approx(-10.0)
+    assert c.delta_m == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="unknown tasks \\['colour'\\]"):
+        compare_to_baselines(kinds, mtl, {"colour": {"accuracy": 1.0}})
+    with pytest.raises(ValueError, match="expected a number for 'micro_f1'"):
+        compare_to_baselines(kinds, mtl, {"tags": {"accuracy": 1.0}})
+    assert math.isnan(compare_to_baselines(kinds, mtl, {}).delta_m)
