@@ -14,7 +14,9 @@ component, e.g. ``train/loss/<task>.tsv``, ``train/weight/<task>.tsv``,
 
 from __future__ import annotations
 
+import base64
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "MAX_CONFUSION_CLASSES",
+    "inline_images",
     "plot_confusion",
     "plot_delta",
     "plot_gradient_cosine",
@@ -257,3 +260,28 @@ def plot_delta(deltas: Mapping[str, float], delta_m: float, out: str | Path,
     lim = max(1.0, float(reach.max()) * 1.5)
     ax.set_xlim(-lim, lim)
     return _save(fig, out)
+
+
+_IMAGE_LINK = re.compile(r"!\[(?P<alt>[^\]]*)\]\((?P<src>[^)\s]+\.png)\)")
+
+
+def inline_images(markdown: str, base_dir: str | Path) -> str:
+    """The markdown with every relative ``![alt](path.png)`` link replaced by a data URI.
+
+    For places that cannot follow links to files next to the report (a Prefect markdown
+    artifact): the same text and pictures as ``reports/report.md``. Links that are absolute,
+    remote or point at a missing file are left as they are.
+    """
+    base = Path(base_dir)
+
+    def embed(match: re.Match[str]) -> str:
+        src = match.group("src")
+        if "://" in src or src.startswith(("/", "data:")):
+            return match.group(0)
+        path = base / src
+        if not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f"![{match.group('alt')}](data:image/png;base64,{data})"
+
+    return _IMAGE_LINK.sub(embed, markdown)

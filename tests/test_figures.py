@@ -12,6 +12,7 @@ from PIL import Image
 
 from mtl.figures import (
     MAX_CONFUSION_CLASSES,
+    inline_images,
     plot_confusion,
     plot_delta,
     plot_gradient_cosine,
@@ -128,3 +129,17 @@ def test_delta_bar(tmp_path: Path) -> None:
     _check_png(path)
     with pytest.raises(ValueError, match="at least one task"):
         plot_delta({}, 0.0, tmp_path / "empty.png")
+
+
+def test_inline_images_embeds_relative_pngs(tmp_path: Path) -> None:
+    import base64
+
+    png = plot_confusion(np.eye(2, dtype=np.int64), ["a", "b"], tmp_path / "figures" / "cm.png")
+    md = ("# r\n![confusion](figures/cm.png)\n![gone](figures/missing.png)\n"
+          "![remote](https://example.org/x.png)\n")
+    out = inline_images(md, tmp_path)
+    encoded = base64.b64encode(png.read_bytes()).decode("ascii")
+    assert f"![confusion](data:image/png;base64,{encoded})" in out
+    assert "![gone](figures/missing.png)" in out  # left alone, not dropped
+    assert "![remote](https://example.org/x.png)" in out
+    assert out.startswith("# r\n")
