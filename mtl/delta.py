@@ -32,6 +32,7 @@ from mtl.schema import TaskKind
 
 __all__ = [
     "PRIMARY_METRIC",
+    "SKIPPED_BASELINE_FORMAT",
     "Comparison",
     "MeanStd",
     "Verdict",
@@ -43,6 +44,7 @@ __all__ = [
     "mean_std",
     "primary_metric",
     "relative_delta",
+    "skipped_baseline",
     "verdict",
 ]
 
@@ -53,6 +55,17 @@ PRIMARY_METRIC: dict[TaskKind, tuple[str, bool]] = {
     TaskKind.MULTILABEL: ("micro_f1", True),
     TaskKind.REGRESSION: ("mae", False),
 }
+
+
+#: Format of the file a baseline stage writes instead of a checkpoint when it trains nothing
+#: (``evaluate.baselines: false``, or a task the select stage dropped); evaluation reports the
+#: reason instead of a Δm term. Kept here so evaluation recognises it without importing training.
+SKIPPED_BASELINE_FORMAT = "mtl.baseline-skipped/1"
+
+
+def skipped_baseline(task: str, reason: str) -> dict[str, str]:
+    """The payload written in place of ``task``'s baseline checkpoint, saying why."""
+    return {"format": SKIPPED_BASELINE_FORMAT, "task": task, "reason": reason}
 
 
 def primary_metric(kind: TaskKind | str) -> tuple[str, bool]:

@@ -130,3 +130,12 @@ def test_compare_to_baselines_fills_the_eval_json_fields() -> None:
     with pytest.raises(ValueError, match="expected a number for 'micro_f1'"):
         compare_to_baselines(kinds, mtl, {"tags": {"accuracy": 1.0}})
     assert math.isnan(compare_to_baselines(kinds, mtl, {}).delta_m)
+
+
+def test_skipped_baseline_marker_says_why() -> None:
+    from mtl.delta import SKIPPED_BASELINE_FORMAT, skipped_baseline
+
+    marker = skipped_baseline("left", "evaluate.baselines is false")
+    assert marker == {"format": SKIPPED_BASELINE_FORMAT, "task": "left",
+                      "reason": "evaluate.baselines is false"}
+    assert SKIPPED_BASELINE_FORMAT != "mtl.checkpoint/1"  # never mistaken for a model
