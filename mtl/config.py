@@ -404,6 +404,16 @@ class SelectConfig(_Section):
         return []
 
 
+def _default_transforms() -> tuple[dict[str, Any], ...]:
+    # Mild geometric and photometric jitter: digits and product photos stay recognisable.
+    return (
+        {"__class_fullname__": "Affine", "rotate": [-8, 8], "scale": [0.9, 1.1],
+         "translate_percent": [-0.06, 0.06], "p": 0.8},
+        {"__class_fullname__": "RandomBrightnessContrast", "brightness_limit": 0.2,
+         "contrast_limit": 0.2, "p": 0.5},
+    )
+
+
 @dataclass(frozen=True, config=_CONFIG)
 class AugmentConfig(_Section):
     """Offline augmentation of the training split (albumentations' own serialization)."""
@@ -414,7 +424,7 @@ class AugmentConfig(_Section):
     keep_original: Bool = True
     seed: Int = 0
     shard_size: PosInt = 8192
-    transforms: tuple[Transform, ...] = ()
+    transforms: tuple[Transform, ...] = dataclasses.field(default_factory=_default_transforms)
 
     @classmethod
     def _cross_problems(cls, v: Mapping[str, Any]) -> list[Problem]:
@@ -435,7 +445,7 @@ class TrainConfig(_Section):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: NonNegFloat = 0.9
     scheduler: Literal["cosine", "step", "none"] = "cosine"
-    warmup_epochs: NonNegFloat = 0.0
+    warmup_epochs: NonNegFloat = 0.5
     step_size: PosInt = 10
     gamma: Annotated[Float, Field(gt=0, le=1)] = 0.1
     grad_clip: NonNegFloat = 0.0
