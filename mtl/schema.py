@@ -26,6 +26,11 @@ class TaskKind(str, Enum):
     REGRESSION = "regression"
     MULTILABEL = "multilabel"
 
+    def __str__(self) -> str:
+        # "regression" in messages and f-strings, as when kinds were plain strings (Python 3.11
+        # would print "TaskKind.REGRESSION" for a str-mixin Enum).
+        return str(self.value)
+
 
 @dataclass(frozen=True)
 class TaskSchema:
