@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from mtl.evaluate import evaluate_model, render_report, task_metrics
+from mtl.evaluate import evaluate_model
+from mtl.metrics import classification_metrics, multilabel_metrics, regression_metrics, task_metrics
 from mtl.models import create_model
+from mtl.report import render_report
 from mtl.schema import TaskKind, TaskSchema
-from mtl.tasks import classification_metrics, multilabel_metrics, regression_metrics
 
 CLS = TaskSchema("colour", TaskKind.MULTICLASS, "colour", classes=("red", "green", "blue"))
 BIN = TaskSchema("sale", TaskKind.BINARY, "sale", classes=("no", "yes"))
@@ -62,7 +63,7 @@ def test_evaluate_model_and_report() -> None:
                "year": np.zeros(10, np.float32)}
     result = evaluate_model(model, (CLS, REG), images, targets, torch.device("cpu"), 4)
     assert set(result.metrics) == {"colour", "year"} and result.metrics["colour"]["n"] == 10
-    assert result.confusion["colour"].sum() == 10
+    assert "year" not in result.pairs  # regression has no confusion pairs
     actual, predicted = result.pairs["colour"]
     assert len(actual) == len(predicted) == 10
     clean_report = {
@@ -85,7 +86,7 @@ def test_evaluate_model_and_report() -> None:
             {"feature": "name", "kept": False, "reason": "target_leak", "detail": "lift 0.99"},
             {"feature": "price", "kept": True}]},
     }
-    report = render_report(result, (CLS, REG), clean_report, select_report)
+    report = render_report(result.metrics, (CLS, REG), clean_report, select_report)
     assert "empty_file: 2" in report and "| colour | multiclass | accuracy |" in report
     assert "| year | regression | rmse |" in report
     assert "1 class(es) with fewer than 20 rows merged into `other`" in report

@@ -11,7 +11,8 @@ import torch
 
 from mtl.config import TrainConfig
 from mtl.schema import TaskKind, TaskSchema
-from mtl.train import NonFiniteLossError, SplitData, fit
+from mtl.splits import SplitData
+from mtl.train import NonFiniteLossError, fit
 from mtl.weighting import get_weighting_class, list_weightings
 
 TASKS = (
