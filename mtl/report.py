@@ -18,34 +18,36 @@ def _fmt(v: Any) -> str:
 def decisions(clean_report: Mapping[str, Any], select_report: Mapping[str, Any]) -> list[str]:
     """Duplicate, hierarchy and feature (leakage) decisions of the clean and select stages."""
     lines: list[str] = []
-    dup = clean_report.get("duplicates") or {}
-    groups = select_report.get("groups") or {}
+    # Keys the clean and select stages always write are read with [] so that a renamed key
+    # fails loudly instead of rendering a plausible 0.
+    dup = clean_report["duplicates"]
+    groups = select_report["groups"]
     if dup:
         lines += ["", "## Duplicates", "",
-                  f"- exact-duplicate groups: {dup.get('exact_duplicate_groups', 0)}, of which "
-                  f"{dup.get('exact_duplicate_groups_with_conflicting_labels', 0)} with "
-                  f"conflicting labels (action: {dup.get('conflicting_duplicates_action')})",
+                  f"- exact-duplicate groups: {dup['exact_duplicate_groups']}, of which "
+                  f"{dup['exact_duplicate_groups_with_conflicting_labels']} with "
+                  f"conflicting labels (action: {dup['conflicting_duplicates_action']})",
                   f"- near-duplicate groups (pHash distance <= "
-                  f"{dup.get('near_duplicate_distance')}): {dup.get('near_duplicate_groups', 0)}"
-                  f" holding {dup.get('rows_in_near_duplicate_groups', 0)} rows; groups split "
-                  f"across train/val/test: {groups.get('groups_across_splits', 'n/a')}"]
-    hierarchy = clean_report.get("hierarchy") or {}
+                  f"{dup['near_duplicate_distance']}): {dup['near_duplicate_groups']}"
+                  f" holding {dup['rows_in_near_duplicate_groups']} rows; groups split "
+                  f"across train/val/test: {groups['groups_across_splits']}"]
+    hierarchy = clean_report["hierarchy"]
     if hierarchy:
         lines += ["", "## Label hierarchy", ""]
         for link, h in hierarchy.items():
             bad = ", ".join(f"{child} -> {dict(parents)}"
-                            for child, parents in list(h.get("violations", {}).items())[:5])
-            lines.append(f"- {link}: {h.get('violating_child_values', 0)} of "
-                         f"{h.get('child_values', 0)} values map to more than one parent "
-                         f"({h.get('violating_rows', 0)} rows, action: {h.get('action')})"
+                            for child, parents in list(h["violations"].items())[:5])
+            lines.append(f"- {link}: {h['violating_child_values']} of "
+                         f"{h['child_values']} values map to more than one parent "
+                         f"({h['violating_rows']} rows, action: {h['action']})"
                          + (f": {bad}" if bad else ""))
-    features = select_report.get("features") or {}
-    if features.get("decisions"):
+    features = select_report["features"]
+    if features["decisions"]:
         lines += ["", "## Tabular features", "",
-                  f"- kept: {', '.join(f'`{k}`' for k in features.get('kept', [])) or 'none'}"]
+                  f"- kept: {', '.join(f'`{k}`' for k in features['kept']) or 'none'}"]
         for d in features["decisions"]:
-            if not d.get("kept"):
-                lines.append(f"- dropped `{d['feature']}`: {d.get('reason')}"
+            if not d["kept"]:
+                lines.append(f"- dropped `{d['feature']}`: {d['reason']}"
                              + (f" ({d['detail']})" if d.get("detail") else ""))
     return lines
 
@@ -58,15 +60,15 @@ def render_report(metrics: Mapping[str, Mapping[str, Any]], tasks: Sequence[Task
     are the clean and select stages' ``report.json``.
     """
     lines = ["# mtl report", "", "## Data", ""]
-    lines += [f"- raw rows: {clean_report.get('raw_rows')}, clean: {clean_report.get('clean_rows')}"
-              f", rejected: {clean_report.get('rejected_rows')}"]
-    for reason, n in clean_report.get("rejects_by_reason", {}).items():
+    lines += [f"- raw rows: {clean_report['raw_rows']}, clean: {clean_report['clean_rows']}"
+              f", rejected: {clean_report['rejected_rows']}"]
+    for reason, n in clean_report["rejects_by_reason"].items():
         lines.append(f"  - {reason}: {n}")
-    lines.append(f"- split ({select_report.get('split_source')}): "
-                 + ", ".join(f"{k} {v}" for k, v in select_report.get("split_sizes", {}).items()))
-    for name, d in select_report.get("tasks", {}).items():
-        status = "kept" if d.get("kept") else f"dropped: {d.get('reason')}"
-        lines.append(f"- task `{name}`: {status} (label coverage {d.get('coverage', 0):.1%})")
+    lines.append(f"- split ({select_report['split_source']}): "
+                 + ", ".join(f"{k} {v}" for k, v in select_report["split_sizes"].items()))
+    for name, d in select_report["tasks"].items():
+        status = "kept" if d["kept"] else f"dropped: {d['reason']}"
+        lines.append(f"- task `{name}`: {status} (label coverage {d['coverage']:.1%})")
         rare = d.get("rare_classes")
         if rare:
             into = (f"merged into `{rare['merged_into']}`" if "merged_into" in rare

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from mtl.config import CleanConfig, DatasetConfig, SelectConfig
+from mtl.data.clean import clean
+from mtl.data.select import select
 from mtl.evaluate import evaluate_model
 from mtl.metrics import classification_metrics, multilabel_metrics, regression_metrics, task_metrics
 from mtl.models import create_model
@@ -93,3 +99,42 @@ def test_evaluate_model_and_report() -> None:
     assert "1 with conflicting labels" in report and "split across train/val/test: 0" in report
     assert "Sandals -> {'Shoes': 9, 'Bags': 2}" in report
     assert "dropped `name`: target_leak (lift 0.99)" in report and "kept: `price`" in report
+
+
+def test_report_from_real_clean_and_select_outputs(
+        make_dataset: Callable[..., tuple[DatasetConfig, Path]], clean_cfg: CleanConfig) -> None:
+    """The report reads the keys the data stages really write: a renamed key fails here."""
+    dataset, root = make_dataset(n=40)
+    labels = pd.read_csv(root / "labels.csv")
+    extra = pd.DataFrame([{"id": "gone", "image": "images/missing.png", "a": "cat", "b": "no"},
+                          {**labels.iloc[0].to_dict(), "id": "copy",  # same image, other label
+                           "a": next(c for c in ("cat", "dog") if c != labels.iloc[0]["a"])}])
+    pd.concat([labels, extra]).to_csv(root / "labels.csv", index=False)
+    cleaned = clean(dataset, clean_cfg)
+    selected = select(cleaned.manifest, dataset, SelectConfig())
+    c, s = cleaned.report, selected.report
+    metrics = {"a": {"accuracy": 0.5, "macro_f1": 0.25, "n": 8},
+               "b": {"accuracy": 0.75, "macro_f1": 0.5, "n": 8}}
+    report = render_report(metrics, selected.tasks, c, s)
+    assert c["rejects_by_reason"].get("missing_file") == 1
+    assert (f"- raw rows: {c['raw_rows']}, clean: {c['clean_rows']}, "
+            f"rejected: {c['rejected_rows']}") in report
+    for reason, n in c["rejects_by_reason"].items():
+        assert f"  - {reason}: {n}" in report
+    sizes = ", ".join(f"{k} {v}" for k, v in s["split_sizes"].items())
+    assert f"- split ({s['split_source']}): {sizes}" in report
+    d = c["duplicates"]
+    assert d["exact_duplicate_groups"] == 1
+    assert (f"exact-duplicate groups: {d['exact_duplicate_groups']}, of which "
+            f"{d['exact_duplicate_groups_with_conflicting_labels']} with conflicting labels "
+            f"(action: {d['conflicting_duplicates_action']})") in report
+    assert (f"holding {d['rows_in_near_duplicate_groups']} rows; groups split across "
+            f"train/val/test: {s['groups']['groups_across_splits']}") in report
+    for name, t in s["tasks"].items():
+        assert f"- task `{name}`: kept (label coverage {t['coverage']:.1%})" in report
+    assert "| a | multiclass | accuracy | 0.5000 | 8 |" in report
+    assert "| b | binary | macro_f1 | 0.5000 | 8 |" in report
+    renamed = {**c, "rejected": c["rejected_rows"]}
+    del renamed["rejected_rows"]
+    with pytest.raises(KeyError, match="rejected_rows"):
+        render_report(metrics, selected.tasks, renamed, s)
