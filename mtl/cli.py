@@ -110,8 +110,10 @@ def _live(path: str) -> Any:
     """A dvclive logger that only writes files (metrics.json, plots, per-step TSVs).
 
     The DVC pipeline already declares those files as metrics and plots in dvc.yaml, so
-    dvclive's own experiment integration is not used; it is skipped because it also probes the
-    git repository and fails in a repository without commits (dvclive 3.49).
+    dvclive's own experiment integration is not used. Its public options (``save_dvc_exp=False,
+    dvcyaml=False``) do not skip that integration's set-up, which probes the git repository and
+    raises ``SCMError: Empty git repo`` in a repository without commits (dvclive 3.49), so the
+    set-up is skipped; tests/test_cli.py pins both facts.
     """
     from dvclive import Live
 
