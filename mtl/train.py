@@ -52,6 +52,7 @@ __all__ = [
     "Distributed",
     "EpochStats",
     "FitResult",
+    "Logger",
     "NonFiniteLossError",
     "SplitData",
     "TrainLoop",

@@ -19,6 +19,7 @@ from mtl.metrics import classification_metrics, multilabel_metrics, regression_m
 from mtl.models import create_model
 from mtl.report import render_report
 from mtl.schema import TaskKind, TaskSchema
+from mtl.tasks import KINDS, head_size
 
 CLS = TaskSchema("colour", TaskKind.MULTICLASS, "colour", classes=("red", "green", "blue"))
 BIN = TaskSchema("sale", TaskKind.BINARY, "sale", classes=("no", "yes"))
@@ -138,3 +139,19 @@ def test_report_from_real_clean_and_select_outputs(
     del renamed["rejected_rows"]
     with pytest.raises(KeyError, match="rejected_rows"):
         render_report(metrics, selected.tasks, renamed, s)
+
+
+def test_every_task_kind_has_one_complete_spec() -> None:
+    """Adding a TaskKind without its KindSpec fails here; each spec's parts agree."""
+    assert set(KINDS) == set(TaskKind)
+    rng = np.random.default_rng(0)
+    for task in (CLS, BIN, REG, MUL):
+        spec = KINDS[task.kind]
+        out = rng.normal(size=(6, head_size(task))).astype(np.float32)
+        decoded = spec.decode(task, out)
+        target = (decoded.astype(np.float32) if task.kind is not TaskKind.REGRESSION
+                  else out[:, 0])  # a perfect prediction, in the target encoding
+        m = spec.metrics(task, target, out)
+        assert set(spec.metric_keys) <= set(m) and m["n"] == 6, task.kind
+        assert spec.score(task, m) == pytest.approx(1.0), task.kind
+        assert len(next(iter(spec.columns(task, out).values()))) == 6
