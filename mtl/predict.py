@@ -2,59 +2,134 @@
 
 Not a pipeline stage: ``mtl predict`` applies ``models/model.pt`` to new image files and writes
 one row per image with each task's prediction (class label, 0/1 label, value in original units,
-or ``|``-joined tags).
+or ``|``-joined tags). Files that cannot be predicted (a symlink leading outside the folder
+given, a file that is not an image, an unreadable or undecodable file) are skipped and listed
+with the reason; the rest are predicted.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from mtl.augment.pipeline import resize_image
+from mtl.checkpoint import load_checkpoint
 from mtl.data.images import load_image
-from mtl.evaluate import predict
+from mtl.data.io import DataError
+from mtl.device import select_device
+from mtl.inference import predict, prediction_columns
 from mtl.models.base import MultiTaskModel
-from mtl.schema import TaskKind, TaskSchema
+from mtl.schema import TaskSchema
+from mtl.splits import feature_columns
 
-__all__ = ["decode_predictions", "predict_files"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "PredictOutput",
+    "collect_images",
+    "predict_files",
+    "predict_paths",
+]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 
-def decode_predictions(tasks: Sequence[TaskSchema], outputs: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Head outputs -> one column per task in the user's own label vocabulary."""
-    cols: dict[str, Any] = {}
-    for t in tasks:
-        out = outputs[t.name]
-        if t.kind is TaskKind.MULTICLASS:
-            cols[t.name] = [t.classes[i] for i in out.argmax(1)]
-            cols[f"{t.name}_confidence"] = _softmax(out).max(1)
-        elif t.kind is TaskKind.BINARY:
-            cols[t.name] = [t.classes[int(v > 0)] for v in out[:, 0]]
-            cols[f"{t.name}_probability"] = 1 / (1 + np.exp(-out[:, 0]))
-        elif t.kind is TaskKind.MULTILABEL:
-            cols[t.name] = ["|".join(c for c, on in zip(t.classes, row > 0, strict=True) if on)
-                            for row in out]
+@dataclass(frozen=True)
+class PredictOutput:
+    """``predictions``: ``file`` plus one column per task; ``skipped``: ``file``, ``reason``."""
+
+    predictions: pd.DataFrame
+    skipped: pd.DataFrame
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def collect_images(items: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Image files named by ``items`` (files, or folders searched recursively) and the files
+    skipped with the reason: a symlink that leads outside its folder, a file whose suffix is not
+    an image's, something that is not a regular file."""
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for item in items:
+        if item.is_dir():
+            root = item.resolve()
+            for path in sorted(item.rglob("*")):
+                target = path.resolve()
+                if path.is_symlink() and not _inside(target, root):
+                    skipped.append((path, f"symlink leads outside {item} (to {target})"))
+                elif path.is_dir():
+                    continue
+                elif not path.exists():
+                    skipped.append((path, "broken symlink (its target does not exist)"))
+                elif not path.is_file():
+                    skipped.append((path, "not a regular file"))
+                elif path.suffix.lower() not in IMAGE_SUFFIXES:
+                    skipped.append((path, f"not an image file (suffix {path.suffix or 'none'!r}; "
+                                          f"expected one of {sorted(IMAGE_SUFFIXES)})"))
+                else:
+                    files.append(path)
+        elif item.is_file():
+            files.append(item)
         else:
-            cols[t.name] = out[:, 0] * t.std + t.mean
-    return pd.DataFrame(cols)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(1, keepdims=True))
-    return np.asarray(e / e.sum(1, keepdims=True))
+            raise FileNotFoundError(f"no image or folder at {item}")
+    return files, skipped
 
 
 def predict_files(model: MultiTaskModel, tasks: Sequence[TaskSchema], files: Sequence[Path],
                   in_channels: int, image_size: tuple[int, int], device: torch.device,
-                  batch_size: int = 256, features: torch.Tensor | None = None) -> pd.DataFrame:
-    """Decode, resize and predict ``files``; returns ``file`` plus one column per task."""
+                  batch_size: int = 256) -> PredictOutput:
+    """Decode, resize and predict ``files``; a file that cannot be read or decoded is skipped
+    with the reason instead of stopping the others."""
     mode = "L" if in_channels == 1 else "RGB"
-    images = np.stack([resize_image(load_image(f, mode), image_size) for f in files])
-    outputs = predict(model.to(device), torch.from_numpy(images), device, batch_size, features)
-    frame = decode_predictions(tasks, outputs)
-    frame.insert(0, "file", [str(f) for f in files])
-    return frame
+    images: list[np.ndarray] = []  # each [H, W, C] uint8 at image_size
+    ok: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for f in files:
+        if not os.access(f, os.R_OK):
+            skipped.append((f, "unreadable (permission denied)"))
+            continue
+        try:
+            images.append(resize_image(load_image(f, mode), image_size))
+        except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            skipped.append((f, f"unreadable image ({type(exc).__name__}: {exc})"))
+            continue
+        ok.append(f)
+    skipped_frame = pd.DataFrame({"file": [str(p) for p, _ in skipped],
+                                  "reason": [r for _, r in skipped]})
+    if not ok:
+        return PredictOutput(pd.DataFrame({"file": []}), skipped_frame)
+    outputs = predict(model.to(device), torch.from_numpy(np.stack(images)), device, batch_size)
+    frame = prediction_columns(tasks, outputs)
+    frame.insert(0, "file", [str(f) for f in ok])
+    return PredictOutput(frame, skipped_frame)
+
+
+def predict_paths(model_path: Path, items: Sequence[Path], device: str) -> PredictOutput:
+    """``mtl predict``: load the checkpoint, collect the images, predict; skipped files listed."""
+    ckpt = load_checkpoint(model_path)
+    if feature_columns(ckpt.schema):
+        raise DataError(f"{model_path} was trained with tabular features; predicting from "
+                        "images alone is not possible for it")
+    files, skipped = collect_images(items)
+    if not files:
+        reasons = "; ".join(f"{p}: {r}" for p, r in skipped[:5])
+        raise DataError(f"no images found in {[str(i) for i in items]}"
+                        + (f" (skipped: {reasons})" if reasons else ""))
+    m = ckpt.meta
+    out = predict_files(ckpt.model, ckpt.tasks, files, m["in_channels"],
+                        (int(m["image_size"][0]), int(m["image_size"][1])), select_device(device))
+    collected = pd.DataFrame({"file": [str(p) for p, _ in skipped],
+                              "reason": [r for _, r in skipped]})
+    all_skipped = pd.concat([collected, out.skipped], ignore_index=True)
+    if out.predictions.empty:
+        reasons = "; ".join(f"{f}: {r}" for f, r in all_skipped.head(5).itertuples(index=False))
+        raise DataError(f"none of the {len(files)} image file(s) in {[str(i) for i in items]} "
+                        f"could be read ({reasons})")
+    return PredictOutput(out.predictions, all_skipped)

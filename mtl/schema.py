@@ -1,5 +1,7 @@
 """Task kinds and the per-task schema (torch-free, so data stages import it cheaply).
 
+What each kind means for heads, losses, decoding and metrics lives in :mod:`mtl.tasks`.
+
 Targets travel through the pipeline as one ``float32`` column per task (``NaN`` = missing label):
 
 * ``multiclass``: the class index ``0..K-1`` (decoded with the vocabulary in ``schema.json``);
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-__all__ = ["TaskKind", "TaskSchema", "head_size"]
+__all__ = ["TaskKind", "TaskSchema"]
 
 
 class TaskKind(str, Enum):
@@ -25,6 +27,11 @@ class TaskKind(str, Enum):
     BINARY = "binary"
     REGRESSION = "regression"
     MULTILABEL = "multilabel"
+
+    def __str__(self) -> str:
+        # "regression" in messages and f-strings, as when kinds were plain strings (Python 3.11
+        # would print "TaskKind.REGRESSION" for a str-mixin Enum).
+        return str(self.value)
 
 
 @dataclass(frozen=True)
@@ -42,10 +49,6 @@ class TaskSchema:
     mean: float = 0.0
     std: float = 1.0
     class_counts: tuple[int, ...] = field(default=(), compare=False)
-
-    @property
-    def num_outputs(self) -> int:
-        return head_size(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,9 +73,3 @@ class TaskSchema:
             class_counts=tuple(int(c) for c in d.get("class_counts", ())),
         )
 
-
-def head_size(task: TaskSchema) -> int:
-    """Number of outputs the task's head produces."""
-    if task.kind in (TaskKind.MULTICLASS, TaskKind.MULTILABEL):
-        return len(task.classes)
-    return 1

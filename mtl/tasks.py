@@ -1,10 +1,16 @@
-"""Task kinds: how a label column is encoded, which head size it needs, its loss and metrics.
+"""Task kinds: everything mtl knows about one kind of label column, in one place.
+
+Each :class:`TaskKind` has one :class:`KindSpec` in :data:`KINDS`: its head size, how a label
+column becomes a target array, its loss, how a head output is decoded, the columns ``mtl
+predict`` writes, its metrics and its one-number score. Adding a kind is one new spec here (plus
+the enum member in :mod:`mtl.schema`).
 
 Targets travel through the pipeline as one ``float32`` column per task (``NaN`` = missing label):
 
 * ``multiclass``: the class index ``0..K-1`` (decoded with the vocabulary in ``schema.json``);
 * ``binary``: ``0.0`` or ``1.0``;
-* ``regression``: the value standardised with the mean and std stored in the schema.
+* ``regression``: the value standardised with the mean and std stored in the schema;
+* ``multilabel``: a multi-hot ``[K]`` row (a list column in ``labels.parquet``).
 
 A missing label is never invented: the loss of a task is averaged over the samples that carry
 its label, and a batch in which no sample carries it contributes nothing for that task.
@@ -13,33 +19,195 @@ its label, and a batch in which no sample carries it contributes nothing for tha
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtl.schema import TaskKind, TaskSchema, head_size
+from mtl.metrics import classification_metrics, multilabel_metrics, regression_metrics
+from mtl.schema import TaskKind, TaskSchema
 
 __all__ = [
+    "KINDS",
+    "BinarySpec",
+    "KindSpec",
+    "MulticlassSpec",
+    "MultilabelSpec",
+    "RegressionSpec",
     "TaskKind",
     "TaskSchema",
-    "classification_metrics",
     "head_size",
+    "kind_spec",
     "masked_task_loss",
-    "multilabel_metrics",
-    "regression_metrics",
 ]
+
+
+class KindSpec:
+    """What one task kind means for heads, targets, loss, decoding, prediction and metrics."""
+
+    kind: ClassVar[TaskKind]
+    #: metric keys shown in reports and epoch logs, in this order
+    metric_keys: ClassVar[tuple[str, ...]]
+    #: a single class per sample: evaluate writes ``(actual, predicted)`` confusion pairs
+    has_confusion: ClassVar[bool] = False
+
+    def head_size(self, task: TaskSchema) -> int:
+        """Number of outputs the task's head produces."""
+        return 1
+
+    def target_array(self, column: Iterable[Any], task: TaskSchema) -> np.ndarray:
+        """A ``labels.parquet`` column -> ``[N]`` float32 targets (NaN = missing)."""
+        return np.asarray(column, dtype=np.float32)
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        """Mean loss of the labelled samples: ``output [n, K]`` float, ``target [n]`` or
+        ``[n, K]``."""
+        raise NotImplementedError
+
+    def decode(self, task: TaskSchema, output: np.ndarray) -> np.ndarray:
+        """Head output ``[N, K]`` -> class index ``[N]``, multi-hot ``[N, K]`` or value ``[N]``."""
+        raise NotImplementedError
+
+    def columns(self, task: TaskSchema, output: np.ndarray) -> dict[str, Any]:
+        """``mtl predict`` columns for head output ``[N, K]``, in the user's label vocabulary."""
+        raise NotImplementedError
+
+    def metrics(self, task: TaskSchema, target: np.ndarray, output: np.ndarray) -> dict[str, Any]:
+        """Metrics of labelled samples only: ``target [n]`` (or ``[n, K]``), ``output [n, K]``."""
+        raise NotImplementedError
+
+    def score(self, task: TaskSchema, metrics: Mapping[str, Any]) -> float:
+        """One higher-is-better number (model selection on validation)."""
+        return float(metrics["accuracy"])
+
+
+class MulticlassSpec(KindSpec):
+    """One class out of ``K``: softmax head, cross-entropy, accuracy and macro-F1."""
+
+    kind = TaskKind.MULTICLASS
+    metric_keys = ("accuracy", "macro_f1")
+    has_confusion = True
+
+    def head_size(self, task: TaskSchema) -> int:
+        return len(task.classes)
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(output, target.long())
+
+    def decode(self, task: TaskSchema, output: np.ndarray) -> np.ndarray:
+        return np.asarray(output.argmax(axis=1))
+
+    def columns(self, task: TaskSchema, output: np.ndarray) -> dict[str, Any]:
+        e = np.exp(output - output.max(1, keepdims=True))  # stable softmax, [N, K]
+        return {task.name: [task.classes[i] for i in self.decode(task, output)],
+                f"{task.name}_confidence": (e / e.sum(1, keepdims=True)).max(1)}
+
+    def metrics(self, task: TaskSchema, target: np.ndarray, output: np.ndarray) -> dict[str, Any]:
+        return classification_metrics(target.astype(np.int64), self.decode(task, output),
+                                      len(task.classes))
+
+
+class BinarySpec(MulticlassSpec):
+    """Two classes with one logit: BCE-with-logits, decoded at logit 0 (probability 0.5)."""
+
+    kind = TaskKind.BINARY
+
+    def head_size(self, task: TaskSchema) -> int:
+        return 1
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(output.squeeze(-1), target.float())
+
+    def decode(self, task: TaskSchema, output: np.ndarray) -> np.ndarray:
+        return (output[:, 0] > 0).astype(np.int64)
+
+    def columns(self, task: TaskSchema, output: np.ndarray) -> dict[str, Any]:
+        return {task.name: [task.classes[i] for i in self.decode(task, output)],
+                f"{task.name}_probability": 1 / (1 + np.exp(-output[:, 0]))}
+
+
+class RegressionSpec(KindSpec):
+    """A standardised value: MSE; decoded, scored and reported in the original units."""
+
+    kind = TaskKind.REGRESSION
+    metric_keys = ("mae", "rmse")
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(output.squeeze(-1), target.float())
+
+    def decode(self, task: TaskSchema, output: np.ndarray) -> np.ndarray:
+        return np.asarray(output[:, 0] * task.std + task.mean)
+
+    def columns(self, task: TaskSchema, output: np.ndarray) -> dict[str, Any]:
+        return {task.name: self.decode(task, output)}
+
+    def metrics(self, task: TaskSchema, target: np.ndarray, output: np.ndarray) -> dict[str, Any]:
+        return regression_metrics(target * task.std + task.mean, self.decode(task, output))
+
+    def score(self, task: TaskSchema, metrics: Mapping[str, Any]) -> float:
+        """R² (1 - MSE / variance, the target being standardised by ``task.std``)."""
+        rmse = metrics["rmse"]
+        return 1.0 - (rmse / task.std) ** 2 if not math.isnan(rmse) else math.nan
+
+
+class MultilabelSpec(KindSpec):
+    """Any subset of ``K`` tags: one logit per tag, BCE, subset accuracy, micro/macro-F1."""
+
+    kind = TaskKind.MULTILABEL
+    metric_keys = ("accuracy", "macro_f1", "micro_f1")
+
+    def head_size(self, task: TaskSchema) -> int:
+        return len(task.classes)
+
+    def target_array(self, column: Iterable[Any], task: TaskSchema) -> np.ndarray:
+        """A list column -> ``[N, K]`` multi-hot float32 (a missing row is all NaN)."""
+        k = len(task.classes)
+        return np.stack([np.full(k, np.nan, np.float32) if v is None else
+                         np.asarray(v, dtype=np.float32) for v in column]).reshape(-1, k)
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(output, target.float())
+
+    def decode(self, task: TaskSchema, output: np.ndarray) -> np.ndarray:
+        return (output > 0).astype(np.int64)  # [N, K] multi-hot
+
+    def columns(self, task: TaskSchema, output: np.ndarray) -> dict[str, Any]:
+        hot = self.decode(task, output).astype(bool)
+        return {task.name: ["|".join(c for c, on in zip(task.classes, row, strict=True) if on)
+                            for row in hot]}
+
+    def metrics(self, task: TaskSchema, target: np.ndarray, output: np.ndarray) -> dict[str, Any]:
+        return multilabel_metrics(target, self.decode(task, output))
+
+
+KINDS: dict[TaskKind, KindSpec] = {spec.kind: spec for spec in (
+    MulticlassSpec(), BinarySpec(), RegressionSpec(), MultilabelSpec())}
+
+
+def kind_spec(task: TaskSchema) -> KindSpec:
+    """The :class:`KindSpec` of ``task``'s kind."""
+    try:
+        return KINDS[task.kind]
+    except KeyError:
+        raise ValueError(f"task {task.name!r}: expected a kind in {[k.value for k in KINDS]}, "
+                         f"found {task.kind!r}") from None
+
+
+def head_size(task: TaskSchema) -> int:
+    """Number of outputs the task's head produces."""
+    return kind_spec(task).head_size(task)
 
 
 def masked_task_loss(task: TaskSchema, output: Tensor, target: Tensor) -> tuple[Tensor, int]:
     """Mean loss of one task over the samples that carry its label.
 
-    ``output`` is the head's output, ``[B, K]`` (multiclass) or ``[B, 1]``; ``target`` is ``[B]``
-    float with ``NaN`` for a missing label. Returns the loss (a 0-dim tensor, ``0.0`` attached to
-    the graph when no sample has the label, so it adds no gradient) and the count of labelled
-    samples.
+    ``output`` is the head's output, ``[B, K]`` (multiclass, multilabel) or ``[B, 1]``;
+    ``target`` is ``[B]`` (``[B, K]`` multilabel) float with ``NaN`` for a missing label.
+    Returns the loss (a 0-dim tensor, ``0.0`` attached to the graph when no sample has the
+    label, so it adds no gradient) and the count of labelled samples.
     """
     # A multilabel target is [B, K]: a sample is labelled when its row is not NaN.
     present = ~torch.isnan(target if target.dim() == 1 else target[:, 0])
@@ -48,61 +216,4 @@ def masked_task_loss(task: TaskSchema, output: Tensor, target: Tensor) -> tuple[
         # Multiplying by zero keeps the graph connected (DDP and autograd.grad need every
         # output used) while contributing an exact zero gradient.
         return output.sum() * 0.0, 0
-    out = output[present].float()
-    y = target[present]
-    if task.kind is TaskKind.MULTICLASS:
-        return F.cross_entropy(out, y.long()), n
-    if task.kind is TaskKind.BINARY:
-        return F.binary_cross_entropy_with_logits(out.squeeze(-1), y.float()), n
-    if task.kind is TaskKind.MULTILABEL:
-        return F.binary_cross_entropy_with_logits(out, y.float()), n
-    return F.mse_loss(out.squeeze(-1), y.float()), n
-
-
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
-                           num_classes: int) -> dict[str, Any]:
-    """Accuracy, macro-F1 (over classes seen in ``y_true`` or ``y_pred``), confusion matrix."""
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    if len(y_true):
-        np.add.at(cm, (y_true.astype(np.int64), y_pred.astype(np.int64)), 1)
-    tp = np.diag(cm).astype(np.float64)
-    support = cm.sum(axis=1).astype(np.float64)
-    predicted = cm.sum(axis=0).astype(np.float64)
-    seen = (support + predicted) > 0
-    denom = support + predicted
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    n = int(cm.sum())
-    return {
-        "accuracy": float(tp.sum() / n) if n else math.nan,
-        "macro_f1": float(f1[seen].mean()) if seen.any() else math.nan,
-        "n": n,
-        "confusion": cm,
-    }
-
-
-def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    """MAE and RMSE in the target's original units."""
-    err = y_pred.astype(np.float64) - y_true.astype(np.float64)
-    n = len(err)
-    return {
-        "mae": float(np.abs(err).mean()) if n else math.nan,
-        "rmse": float(np.sqrt((err**2).mean())) if n else math.nan,
-        "n": n,
-    }
-
-
-def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    """Subset accuracy (exact match), micro- and macro-F1 of multi-hot ``[N, K]`` arrays."""
-    t, p = y_true.astype(bool), y_pred.astype(bool)
-    n = len(t)
-    tp = (t & p).sum(axis=0).astype(np.float64)
-    denom = t.sum(axis=0) + p.sum(axis=0)
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    seen = denom > 0
-    micro_denom = float(denom.sum())
-    return {
-        "accuracy": float((t == p).all(axis=1).mean()) if n else math.nan,
-        "micro_f1": 2 * float(tp.sum()) / micro_denom if micro_denom else math.nan,
-        "macro_f1": float(f1[seen].mean()) if seen.any() else math.nan,
-        "n": n,
-    }
+    return kind_spec(task).loss(output[present].float(), target[present]), n

@@ -5,19 +5,24 @@ split, and ``fit`` wires them: it keeps the state of the epoch with the best val
 (the test split is never seen here), stops early per params, writes a full-state checkpoint
 after every epoch (so a killed run resumes and ends bitwise identical on CPU) and reports each
 epoch through a callback. Under ``torchrun`` (``train.nproc > 1``) it trains with DDP and only
-rank 0 writes anything.
+rank 0 writes anything. ``train_stage`` is the stage's one entry point (``mtl train``): it
+reads the splits, sets up the process group and hands the checkpoint to its caller.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
 import random
+import re
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -29,12 +34,17 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from mtl.checkpoint import build_checkpoint, safe_load
+from mtl.closure import module_closure, source_digest
 from mtl.config import TrainConfig
-from mtl.evaluate import predict, task_metrics, task_score, to_model_input
+from mtl.device import select_device
+from mtl.inference import predict, to_model_input
+from mtl.metrics import task_metrics, task_score
 from mtl.models import create_model
 from mtl.models.base import MultiTaskModel
 from mtl.schema import TaskSchema
-from mtl.tasks import masked_task_loss
+from mtl.splits import SplitData, feature_columns, load_split_data
+from mtl.tasks import kind_spec, masked_task_loss
 from mtl.weighting import create_weighting, multitask_backward, task_gradient_cosine
 from mtl.weighting.base import Weighting
 
@@ -42,52 +52,30 @@ __all__ = [
     "Distributed",
     "EpochStats",
     "FitResult",
+    "Logger",
     "NonFiniteLossError",
     "SplitData",
     "TrainLoop",
+    "TrainStageResult",
     "amp_dtype",
     "clear_state",
     "fit",
+    "needs_torchrun",
+    "process_group",
+    "relaunch_under_torchrun",
+    "remove_stale_states",
     "seed_everything",
     "select_device",
+    "state_path",
     "train_one_epoch",
+    "train_stage",
+    "training_code_digest",
     "validate",
 ]
 
 
 class NonFiniteLossError(FloatingPointError):
     """A task loss became NaN or infinite; the message names the task and the step."""
-
-
-@dataclass(frozen=True)
-class SplitData:
-    """One split in memory: ``images [N, H, W, C]`` uint8, ``targets {task: [N] or [N, K]}``
-    float32 (NaN = missing; ``[N, K]`` multi-hot for multilabel tasks) and the selected tabular
-    ``features [N, F]`` float32 (``None`` when there are none)."""
-
-    images: Tensor
-    targets: dict[str, np.ndarray]
-    features: Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def target_tensors(self, tasks: Sequence[TaskSchema]) -> list[Tensor]:
-        """Per task, in order: ``[N]`` or ``[N, K]`` (multilabel) float32, NaN = missing."""
-        return [torch.from_numpy(np.array(self.targets[t.name], dtype=np.float32))  # a copy
-                for t in tasks]
-
-    def fingerprint(self) -> str:
-        """Cheap content hash (targets, features, image shape and a strided pixel sample)."""
-        h = hashlib.sha1(str(tuple(self.images.shape)).encode())
-        for name in sorted(self.targets):
-            h.update(name.encode())
-            h.update(np.ascontiguousarray(self.targets[name]).tobytes())
-        if self.features is not None:
-            h.update(self.features.numpy().tobytes())
-        flat = self.images.reshape(-1)
-        h.update(flat[:: max(1, len(flat) // 65536)].numpy().tobytes())
-        return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -160,18 +148,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def select_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; an explicit device that is absent is an error."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but no CUDA device is available "
-                           "(use 'auto' to fall back to the CPU)")
-    if name == "cuda":
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(name)
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator,
@@ -247,7 +223,7 @@ def _optimizer_step(loop: TrainLoop) -> None:
     loop.step += 1
 
 
-def train_one_epoch(loop: TrainLoop, data: SplitData, epoch: int = 0) -> EpochStats:
+def train_one_epoch(loop: TrainLoop, data: SplitData) -> EpochStats:
     """One pass over ``data`` in seeded random order; returns mean per-task losses and weights."""
     cfg, tasks, model = loop.cfg, loop.tasks, loop.model
     model.train()
@@ -367,7 +343,7 @@ def _epoch_row(stats: EpochStats, score: float, metrics: dict[str, dict[str, Any
     for t in tasks:
         row[f"train/loss/{t.name}"] = stats.loss[t.name]
         row[f"train/weight/{t.name}"] = stats.weights[t.name]
-        for k in ("accuracy", "macro_f1", "micro_f1", "mae", "rmse"):
+        for k in kind_spec(t).metric_keys:
             if k in metrics[t.name]:
                 row[f"val/{k}/{t.name}"] = float(metrics[t.name][k])
     for pair, cos in stats.conflict.items():
@@ -375,14 +351,38 @@ def _epoch_row(stats: EpochStats, score: float, metrics: dict[str, dict[str, Any
     return row
 
 
+_STATE_FILE = re.compile(r"^[0-9a-f]{16}\.(pt|tmp)$")
+
+
+@functools.lru_cache(maxsize=1)
+def training_code_digest() -> str:
+    """SHA-256 of the source of every mtl module training runs (``mtl.train``'s import
+    closure): a resumable state written by other code never resumes."""
+    return source_digest(module_closure(["mtl.train"]))
+
+
 def state_path(cfg: TrainConfig, tasks: Sequence[TaskSchema], train: SplitData,
                val: SplitData, in_channels: int, world_size: int) -> Path:
-    """Where this exact run's resumable state lives: keyed by config, tasks and data."""
+    """Where this exact run's resumable state lives: keyed by the config, the tasks, the full
+    content of the training and validation data (every pixel) and the training code."""
     key = json.dumps({"cfg": asdict(cfg), "tasks": [t.to_dict() for t in tasks],
                       "train": train.fingerprint(), "val": val.fingerprint(),
+                      "code": training_code_digest(),
                       "in_channels": in_channels, "world_size": world_size},
                      sort_keys=True, default=str)
-    return Path(cfg.checkpoint_dir) / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+    return Path(cfg.checkpoint_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+
+
+def remove_stale_states(keep: Path) -> list[Path]:
+    """Delete the resumable states in ``keep``'s folder other than ``keep`` (they were written
+    for other data, code or config and can never match again); returns what was removed."""
+    if not keep.parent.is_dir():
+        return []
+    stale = [p for p in keep.parent.iterdir()
+             if _STATE_FILE.match(p.name) and p.name != keep.name]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -478,10 +478,12 @@ def fit(tasks: Sequence[TaskSchema], train: SplitData, val: SplitData, cfg: Trai
     num_features = 0 if train.features is None else int(train.features.shape[1])
     loop = _build_loop(tasks, cfg, in_channels, num_features, device, steps_per_epoch, dist_)
     path = state_path(cfg, tasks, train, val, in_channels, dist_.world_size)
+    if dist_.is_main:
+        remove_stale_states(path)
     result = FitResult({}, -1, -math.inf)
     stale, first_epoch = 0, 0
     if cfg.resume and path.is_file():
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = safe_load(path, "resumable training state", map_location=device)
         result = _restore(loop, state)
         stale, first_epoch = state["stale"], state["epoch"] + 1
         if log is not None and dist_.is_main:
@@ -490,7 +492,7 @@ def fit(tasks: Sequence[TaskSchema], train: SplitData, val: SplitData, cfg: Trai
     for epoch in range(first_epoch, cfg.epochs):
         if cfg.early_stopping and stale >= cfg.early_stopping:
             break
-        stats = train_one_epoch(loop, train, epoch)
+        stats = train_one_epoch(loop, train)
         score, metrics = validate(loop.model, tasks, val if len(val) else train, device,
                                   cfg.batch_size * 4)
         row = _epoch_row(stats, score, metrics, tasks, float(loop.scheduler.get_last_lr()[0]))
@@ -513,3 +515,71 @@ def clear_state(cfg: TrainConfig, tasks: Sequence[TaskSchema], train: SplitData,
                 val: SplitData, in_channels: int, world_size: int = 1) -> None:
     """Remove the resumable state of a finished run (its result is the stage's model file)."""
     state_path(cfg, tasks, train, val, in_channels, world_size).unlink(missing_ok=True)
+
+
+def needs_torchrun(cfg: TrainConfig) -> bool:
+    """True when ``train.nproc > 1`` and this process was not started by torchrun."""
+    return cfg.nproc > 1 and "LOCAL_RANK" not in os.environ
+
+
+def relaunch_under_torchrun(nproc: int, argv: Sequence[str]) -> int:
+    """Run ``python -m mtl <argv>`` under torchrun with ``nproc`` processes; its exit code."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "mtl", *argv]
+    print(f"train: train.nproc={nproc}: launching {' '.join(cmd[1:])}", flush=True)
+    return subprocess.run(cmd, check=False).returncode
+
+
+@contextmanager
+def process_group(dist_: Distributed, device: torch.device) -> Iterator[None]:
+    """Set up the torch.distributed process group for the block (nothing on one process)."""
+    if dist_.world_size > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        if dist_.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class TrainStageResult:
+    """What the main process of the train stage produced."""
+
+    checkpoint: dict[str, Any]  # the mtl.checkpoint/1 payload that was saved
+    fit: FitResult
+
+
+def train_stage(cfg: TrainConfig, schema: Mapping[str, Any], meta: Mapping[str, Any],
+                augmented: Path, save: Callable[[dict[str, Any]], None],
+                open_log: Callable[[], Logger] | None = None,
+                echo: Callable[[str], None] = print) -> TrainStageResult | None:
+    """The train stage on this process (one of ``train.nproc`` under torchrun).
+
+    ``schema`` is the select stage's ``schema.json``, ``meta`` the augment stage's
+    ``meta.json``; the train and validation splits are read from ``augmented``. On the main
+    process ``open_log()`` gives the per-epoch logger and ``save(payload)`` receives the
+    checkpoint; the resumable state is removed only after ``save`` returned. Other processes
+    return None.
+    """
+    dist_ = Distributed.from_env()
+    tasks = tuple(TaskSchema.from_dict(d) for d in schema["tasks"])
+    cols = feature_columns(schema)
+    train = load_split_data(augmented, "train", tasks, cols)
+    val = load_split_data(augmented, "val", tasks, cols)
+    device = select_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    with process_group(dist_, device):
+        if dist_.is_main:
+            echo(f"train: {len(train)} training images, {len(val)} validation, device {device}"
+                 f" × {dist_.world_size} process(es), tasks {[t.name for t in tasks]}, "
+                 f"{len(cols)} tabular feature(s), weighting {cfg.weighting}")
+        log = open_log() if open_log is not None and dist_.is_main else None
+        _, result = fit(tasks, train, val, cfg, meta["channels"], device, log, dist_)
+        if not dist_.is_main:
+            return None
+        payload = build_checkpoint(result.best_state, schema, cfg, meta["channels"],
+                                   meta["image_size"], len(cols), result.best_epoch,
+                                   result.best_score)
+        save(payload)
+        clear_state(cfg, tasks, train, val, meta["channels"], dist_.world_size)
+        return TrainStageResult(payload, result)

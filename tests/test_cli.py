@@ -56,3 +56,34 @@ def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
                "--model", str(tmp_path / "none.pt"), cwd=tmp_path)
     assert out.returncode == 2 and "run the train stage first" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def _empty_git_repo(path: Path) -> Path:
+    path.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=path, check=True)
+    return path
+
+
+_LOG_ONE_STEP = ("import sys; from mtl.cli import _live; live = _live('live'); "
+                 "live.log_metric('val/score', 0.5); live.next_step(); live.end()")
+_PUBLIC_OPTIONS = ("from dvclive import Live; live = Live('live', save_dvc_exp=False, "
+                   "dvcyaml=False, report=None); live.log_metric('x', 1.0); live.end()")
+
+
+def test_dvclive_logger_works_in_a_repository_without_commits(tmp_path: Path) -> None:
+    repo = _empty_git_repo(tmp_path / "repo")
+    out = subprocess.run([sys.executable, "-c", _LOG_ONE_STEP], cwd=repo, capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert '"score": 0.5' in (repo / "live" / "metrics.json").read_text()
+    assert not (repo / "dvc.yaml").exists()  # dvc.yaml declares these files, not dvclive
+
+
+def test_dvclive_public_options_still_fail_without_commits(tmp_path: Path) -> None:
+    """Pins why mtl.cli._live overrides Live._init_dvc: when this starts passing (a dvclive
+    that copes with an empty repository), drop the override for the public options."""
+    repo = _empty_git_repo(tmp_path / "repo")
+    out = subprocess.run([sys.executable, "-c", _PUBLIC_OPTIONS], cwd=repo, capture_output=True,
+                         text=True, check=False)
+    assert out.returncode != 0 and "Empty git repo" in out.stderr, out.stderr[-2000:]

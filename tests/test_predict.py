@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from mtl.cli import main
+from mtl.inference import prediction_columns
 from mtl.models import create_model
-from mtl.predict import decode_predictions
 from mtl.schema import TaskKind, TaskSchema
 from tests.conftest import write_png
 
@@ -20,8 +22,8 @@ TASKS = (TaskSchema("colour", TaskKind.MULTICLASS, "colour", classes=("red", "gr
          TaskSchema("tags", TaskKind.MULTILABEL, "tags", classes=("a", "b")))
 
 
-def test_decode_predictions_uses_the_vocabulary() -> None:
-    frame = decode_predictions(TASKS, {
+def test_prediction_columns_use_the_vocabulary() -> None:
+    frame = prediction_columns(TASKS, {
         "colour": np.array([[0.0, 3.0, 0.0]]), "sale": np.array([[-1.0]]),
         "year": np.array([[0.5]]), "tags": np.array([[1.0, 2.0]])})
     row = frame.iloc[0]
@@ -43,3 +45,55 @@ def test_predict_cli_on_a_folder(tmp_path: Path) -> None:
     frame = pd.read_csv(out)
     assert len(frame) == 3 and set(frame["colour"]) <= {"red", "green", "blue"}
     assert main(["predict", str(tmp_path / "missing"), "--model", str(tmp_path / "m.pt")]) == 2
+
+
+def test_predict_skips_outside_symlinks_unreadable_and_non_images(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = create_model("hps", "smallcnn", TASKS, in_channels=1)
+    torch.save({"state_dict": model.state_dict(),
+                "schema": {"tasks": [t.to_dict() for t in TASKS]},
+                "model": {"architecture": "hps", "backbone": "smallcnn", "in_channels": 1,
+                          "image_size": [20, 20], "num_features": 0}}, tmp_path / "m.pt")
+    imgs = tmp_path / "imgs"
+    for i in range(2):
+        write_png(imgs / f"ok{i}.png", np.full((24, 24, 3), 60 * i, np.uint8))
+    write_png(imgs / "sub" / "ok2.png", np.zeros((24, 24), np.uint8))
+    write_png(tmp_path / "secret" / "outside.png", np.zeros((24, 24), np.uint8))
+    (imgs / "escape.png").symlink_to(tmp_path / "secret" / "outside.png")
+    (imgs / "inside.png").symlink_to(imgs / "ok0.png")  # stays inside: predicted
+    (imgs / "dangling.png").symlink_to(imgs / "gone.png")  # inside, but missing
+    (imgs / "notes.txt").write_text("not an image")
+    (imgs / "broken.png").write_bytes(b"\x89PNG but truncated")
+    expected_skipped = {"escape.png", "dangling.png", "notes.txt", "broken.png"}
+    if os.geteuid() != 0:  # root reads any file, so only a normal user can test permissions
+        write_png(imgs / "locked.png", np.zeros((24, 24), np.uint8))
+        (imgs / "locked.png").chmod(0)
+        expected_skipped.add("locked.png")
+    out, skipped = tmp_path / "pred.csv", tmp_path / "skipped.csv"
+    assert main(["predict", str(imgs), "--model", str(tmp_path / "m.pt"), "--out", str(out),
+                 "--skipped", str(skipped)]) == 0
+    predicted = {Path(f).name for f in pd.read_csv(out)["file"]}
+    assert predicted == {"ok0.png", "ok1.png", "ok2.png", "inside.png"}
+    listing = pd.read_csv(skipped)
+    reasons = dict(zip(listing["file"].map(lambda f: Path(f).name), listing["reason"],
+                       strict=True))
+    assert set(reasons) == expected_skipped
+    assert "symlink leads outside" in reasons["escape.png"]
+    assert "not an image file" in reasons["notes.txt"]
+    assert "unreadable image" in reasons["broken.png"]
+    assert "broken symlink" in reasons["dangling.png"]
+    err = capsys.readouterr().err
+    assert all(f"{name}:" in err for name in expected_skipped), err
+
+
+def test_predict_with_nothing_readable_is_a_clear_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = create_model("hps", "smallcnn", TASKS, in_channels=1)
+    torch.save({"state_dict": model.state_dict(),
+                "schema": {"tasks": [t.to_dict() for t in TASKS]},
+                "model": {"architecture": "hps", "backbone": "smallcnn", "in_channels": 1,
+                          "image_size": [20, 20], "num_features": 0}}, tmp_path / "m.pt")
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "bad.png").write_bytes(b"nope")
+    assert main(["predict", str(tmp_path / "imgs"), "--model", str(tmp_path / "m.pt")]) == 2
+    assert "could be read" in capsys.readouterr().err

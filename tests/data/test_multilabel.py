@@ -7,11 +7,11 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from mtl.cli import _target_array
 from mtl.config import CleanConfig, SelectConfig, TaskConfig
 from mtl.data.clean import clean
 from mtl.data.select import select
 from mtl.schema import TaskKind
+from mtl.splits import target_array as _target_array
 
 
 def test_multilabel_cells_become_multi_hot_targets(make_dataset) -> None:  # type: ignore[no-untyped-def]

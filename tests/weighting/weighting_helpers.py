@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from mtl.models.base import MultiTaskModel
-from mtl.tasks import TaskKind, TaskSchema, masked_task_loss
+from mtl.tasks import TaskKind, TaskSchema, head_size, masked_task_loss
 from mtl.weighting import get_weighting_class, list_weightings
 
 TASKS = (
@@ -25,7 +25,7 @@ class TinyModel(MultiTaskModel):
         super().__init__()
         self.tasks = tasks
         self.backbone = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 6), nn.Tanh())
-        self.heads = nn.ModuleDict({t.name: nn.Linear(6, t.num_outputs) for t in tasks})
+        self.heads = nn.ModuleDict({t.name: nn.Linear(6, head_size(t)) for t in tasks})
 
     def encode(self, x: Tensor, features: Tensor | None = None) -> Tensor:
         return self.backbone(x)

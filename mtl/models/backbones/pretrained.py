@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from mtl.checkpoint import safe_load
 from mtl.models.base import Backbone
 
 __all__ = ["PretrainedReport", "adapt_input_conv", "load_pretrained"]
@@ -104,7 +104,8 @@ def load_pretrained(
 ) -> PretrainedReport:
     """Load the local state-dict file ``path`` into ``backbone`` and report what happened.
 
-    Loaded with ``torch.load(path, weights_only=True, map_location="cpu")``. The stem weight
+    Loaded with ``torch.load(path, weights_only=True, map_location="cpu")`` (a pickle payload
+    is refused with ``mtl.checkpoint.CheckpointError``, never run). The stem weight
     (``backbone.stem_weight_key``) is adapted with :func:`adapt_input_conv` when only its input
     channel count differs; any other shape mismatch (e.g. a 7×7 ImageNet stem vs the 3×3
     ``small_input`` stem) leaves that tensor at its initialisation and is reported. The report
@@ -119,7 +120,7 @@ def load_pretrained(
             f"pretrained weights file not found: {str(p)!r} (mtl never downloads weights; "
             "pass the path of a local state-dict file)"
         )
-    raw = _extract_state_dict(torch.load(p, weights_only=True, map_location="cpu"), p)
+    raw = _extract_state_dict(safe_load(p, "train.pretrained weights file"), p)
     own = backbone.state_dict()
 
     # Pick the key prefix under which the file's keys best match the backbone's.
