@@ -11,7 +11,7 @@ the multi-task model is better than the single-task models.** Nash-MTL (Navon et
 FAMO (Liu et al. 2023) report the same quantity negated, as a "Δm% drop" where lower is better;
 negate our value to compare with their tables.
 
-Each task kind is compared on one primary metric (:data:`PRIMARY_METRIC`): accuracy for
+Each task kind is compared on one primary metric (:func:`primary_metric`): accuracy for
 multiclass and binary tasks, micro-F1 for multilabel tasks, MAE (lower is better) for regression.
 
 Seeds: :func:`mean_std` and :func:`aggregate_seeds` give mean ± sample standard deviation
@@ -31,7 +31,6 @@ import numpy as np
 from mtl.schema import TaskKind
 
 __all__ = [
-    "PRIMARY_METRIC",
     "SKIPPED_BASELINE_FORMAT",
     "Comparison",
     "MeanStd",
@@ -48,15 +47,6 @@ __all__ = [
     "verdict",
 ]
 
-#: The metric each task kind is compared on, and whether higher is better.
-PRIMARY_METRIC: dict[TaskKind, tuple[str, bool]] = {
-    TaskKind.MULTICLASS: ("accuracy", True),
-    TaskKind.BINARY: ("accuracy", True),
-    TaskKind.MULTILABEL: ("micro_f1", True),
-    TaskKind.REGRESSION: ("mae", False),
-}
-
-
 #: Format of the file a baseline stage writes instead of a checkpoint when it trains nothing
 #: (``evaluate.baselines: false``, or a task the select stage dropped); evaluation reports the
 #: reason instead of a Δm term. Kept here so evaluation recognises it without importing training.
@@ -69,8 +59,11 @@ def skipped_baseline(task: str, reason: str) -> dict[str, str]:
 
 
 def primary_metric(kind: TaskKind | str) -> tuple[str, bool]:
-    """``(metric name, higher_is_better)`` used for Δm for a task of this kind."""
-    return PRIMARY_METRIC[TaskKind(kind)]
+    """``(metric name, higher_is_better)`` used for Δm for a task of this kind (its
+    :class:`mtl.tasks.KindSpec`'s ``delta_metric``)."""
+    from mtl.tasks import KINDS  # function level: keeps this module free of torch on import
+
+    return KINDS[TaskKind(kind)].delta_metric
 
 
 def relative_delta(mtl: float | Sequence[float], stl: float | Sequence[float],

@@ -41,7 +41,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from mtl.schema import TaskKind, TaskSchema
+from mtl.schema import TaskSchema
 
 __all__ = [
     "ECE_BINS",
@@ -287,11 +287,9 @@ def regression_metrics(output: np.ndarray, target: np.ndarray, mean: float = 0.0
 
 
 def kind_metrics(task: TaskSchema, output: np.ndarray, target: np.ndarray) -> dict[str, Any]:
-    """The metrics that fit ``task.kind``, from the head's raw output and the target column."""
-    if task.kind is TaskKind.MULTICLASS:
-        return multiclass_metrics(output, target, task.classes)
-    if task.kind is TaskKind.BINARY:
-        return binary_metrics(output, target)
-    if task.kind is TaskKind.MULTILABEL:
-        return multilabel_metrics(output, target, task.classes)
-    return regression_metrics(output, target, task.mean, task.std)
+    """The metrics that fit ``task.kind`` (its :class:`mtl.tasks.KindSpec` chooses), from the
+    head's raw output and the target column."""
+    # Function-level import: mtl.tasks builds its kind specs on the functions above.
+    from mtl.tasks import kind_spec
+
+    return kind_spec(task).test_metrics(task, output, target)
