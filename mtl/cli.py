@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Train one single-task baseline: the train settings minus the multi-task ones (reads "
         "train.* except weighting, weighting_kwargs, architecture, architecture_kwargs, "
         "backend, log_conflict_every; evaluate.baselines).",
-        [("--task", None, "the task to train alone (a name in dataset.tasks)"),
+        [("--task", "", "the task to train alone (a name in dataset.tasks)"),
          ("--selected", "data/selected", "select stage output (schema.json)"),
          ("--augmented", "data/augmented", "augment stage output"),
          ("--out", "models/baselines/TASK.pt", "checkpoint path (TASK: the task name)")])
