@@ -44,13 +44,15 @@ from tqdm import tqdm
 
 from mtl.config import CleanConfig, DatasetConfig
 from mtl.data.dedup import hamming, near_duplicate_groups, parse_hashes
+from mtl.data.features import FEATURE_PREFIX
 from mtl.data.images import ImageCheck, inspect_image
 from mtl.data.io import DataError, read_labels_table
 from mtl.data.labels import LabelNormaliser
+from mtl.data.paths import resolve_image_path
 
 __all__ = [
-    "FEATURE_PREFIX", "LABEL_ISSUE_REASONS", "REJECT_REASONS", "CleanResult", "clean",
-    "feature_sources", "normalise_split", "resolve_image_path", "validate_schema",
+    "LABEL_ISSUE_REASONS", "REJECT_REASONS", "CleanResult", "clean", "feature_sources",
+    "normalise_split", "validate_schema",
 ]
 
 REJECT_REASONS = (
@@ -63,9 +65,6 @@ LABEL_ISSUE_REASONS = (
     "not_a_number", "not_finite", "not_binary", "undeclared_class", "conflicting_duplicate",
     "hierarchy_violation", "hierarchy_relabelled",
 )
-# Raw feature cells travel in the manifest under this prefix, so a user column can never
-# collide with the manifest's own columns (row, id, image, width, …).
-FEATURE_PREFIX = "src__"
 
 _SPLIT_SYNONYMS = {
     "train": "train", "training": "train", "trn": "train",
@@ -103,19 +102,6 @@ def normalise_split(value: str | None) -> str | None:
     if value is None:
         return None
     return _SPLIT_SYNONYMS.get(value.strip().lower())
-
-
-def resolve_image_path(root: Path, rel: str) -> Path | None:
-    """Absolute path of ``rel`` inside ``root``; ``None`` when it (or a symlink) escapes ``root``.
-
-    Raises ``OSError``/``RuntimeError``/``ValueError`` for a path that cannot be resolved at all
-    (a symlink loop, an embedded NUL byte).
-    """
-    if os.path.isabs(rel):
-        return None
-    real_root = root.resolve()
-    candidate = (root / rel).resolve()
-    return candidate if candidate.is_relative_to(real_root) else None
 
 
 def feature_sources(table_columns: list[str], dataset: DatasetConfig) -> dict[str, str]:

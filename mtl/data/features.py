@@ -48,11 +48,14 @@ from sklearn.metrics import mutual_info_score
 from mtl.config import SelectConfig
 
 __all__ = [
-    "FEATURE_COLUMN_PREFIX", "TOKEN_PATTERN", "FeatureSelection", "TaskTarget",
+    "FEATURE_COLUMN_PREFIX", "FEATURE_PREFIX", "TOKEN_PATTERN", "FeatureSelection", "TaskTarget",
     "apply_feature_encoders", "detect_kind", "select_features", "tokenize",
 ]
 
 FEATURE_COLUMN_PREFIX = "f__"
+# Raw feature cells travel in the clean manifest under this prefix, so a user column can never
+# collide with the manifest's own columns (row, id, image, width, …).
+FEATURE_PREFIX = "src__"
 TOKEN_PATTERN = r"[^\W_]+"
 _TOKEN = re.compile(TOKEN_PATTERN)
 _FOLDS = 5

@@ -28,9 +28,13 @@ import numpy as np
 import pandas as pd
 
 from mtl.config import DatasetConfig, SelectConfig
-from mtl.data.clean import FEATURE_PREFIX
 from mtl.data.dedup import join_groups
-from mtl.data.features import TaskTarget, apply_feature_encoders, select_features
+from mtl.data.features import (
+    FEATURE_PREFIX,
+    TaskTarget,
+    apply_feature_encoders,
+    select_features,
+)
 from mtl.data.io import DataError
 from mtl.schema import TaskKind, TaskSchema
 
