@@ -337,3 +337,48 @@ def test_multilabel_normalisations_are_counted(make_table: MakeTable) -> None:
     result = clean(cfg, CLEAN)
     assert list(result.manifest["tags"]) == ["blue|red", "blue|red", "red", "blue"]
     assert result.report["label_normalisation"]["tags"] == {"whitespace": 3, "case": 2}
+
+
+# The same dataset as CSV and as Parquet -------------------------------------------------------
+def test_csv_and_parquet_give_identical_clean_manifest_files(tmp_path: Path) -> None:
+    """``mtl clean`` on one dataset written both ways (missing cells, nullable integer ids)
+    writes the same ``manifest.parquet``, rejects and label issues."""
+    import yaml
+
+    from mtl.cli import main
+
+    _images(tmp_path, 8)
+    table = pd.DataFrame({
+        "id": pd.array([0, 1, None, 3, 4, 5, 6, 7, 1], dtype="Int64"),
+        "colour": ["red", " Red", "blue", None, "BLUE ", "n/a", "red", "green", "red"],
+        "code": pd.array([3, None, 7, 7, 3, 3, None, 7, 3], dtype="Int64"),
+        "flag": ["yes", "TRUE", None, "no", "0", "maybe", "yes", "No", "yes"],
+        "price": [9.5, None, 3.25, 1.0, None, 2.5, 7.0, 4.0, 1.0],
+        "brand": ["acme", None, "zeta", "NA", "acme", "", "zeta", "acme", "x"],
+    })
+    table.to_csv(tmp_path / "labels.csv", index=False)
+    table.to_parquet(tmp_path / "labels.parquet", index=False)
+    out = {}
+    for name in ("labels.csv", "labels.parquet"):
+        params = tmp_path / f"{name}.yaml"
+        params.write_text(yaml.safe_dump({
+            "dataset": {"dir": str(tmp_path), "labels": name, "image_column": None,
+                        "image_template": "images/{id}.png",
+                        "feature_columns": {"price": "numeric", "brand": "categorical"},
+                        "tasks": [{"name": "colour", "column": "colour", "casefold": True},
+                                  {"name": "code", "column": "code", "classes": ["3", "7"]},
+                                  {"name": "flag", "column": "flag", "kind": "binary",
+                                   "classes": ["yes", "no"]}]},
+            "clean": {"mode": "L", "min_size": 4, "workers": 1}}))
+        out[name] = tmp_path / f"clean-{name}"
+        assert main(["clean", "--params", str(params), "--out", str(out[name])]) == 0
+    csv_dir, pq_dir = out["labels.csv"], out["labels.parquet"]
+    manifest = pd.read_parquet(csv_dir / "manifest.parquet")
+    pd.testing.assert_frame_equal(manifest, pd.read_parquet(pq_dir / "manifest.parquet"))
+    for f in ("rejects.csv", "label_issues.csv"):
+        assert (csv_dir / f).read_text() == (pq_dir / f).read_text(), f
+    assert sorted(manifest["id"]) == ["0", "1", "3", "4", "5", "6", "7"]
+    by_id = manifest.set_index("id")
+    assert by_id.loc["3", "colour"] is None or pd.isna(by_id.loc["3", "colour"])
+    assert list(by_id.loc[["0", "1", "3"], "flag"]) == ["0", "0", "1"]
+    assert by_id.loc["0", "code"] == "3" and by_id.loc["0", FEATURE_PREFIX + "price"] == "9.5"
