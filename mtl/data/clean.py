@@ -7,7 +7,8 @@ Before any row is looked at, the labels table is validated as a whole (``validat
 missing columns, task columns whose values mostly do not parse (a wrong type, usually a wrong
 column), and declared feature columns of the wrong type are all reported in one ``DataError``.
 
-Reject reasons (first one that applies wins, in this order):
+Reject reasons (first one that applies wins, in this order; an id belongs to the first row with
+that id that passes every row and file check, so a rejected row never claims its id):
 
 ``missing_id``, ``duplicate_id``, ``missing_path``, ``invalid_path``, ``path_outside_dataset``,
 ``bad_split``, ``no_labels``, ``missing_file``, ``unreadable_file``, ``not_a_file``,
@@ -19,7 +20,10 @@ A label that cannot be used for one task (see ``mtl.data.labels``) becomes missi
 only and is recorded in ``label_issues``; the row stays if another task still has a label.
 Label-issue reasons: ``not_a_number``, ``not_finite``, ``not_binary``, ``undeclared_class``,
 ``conflicting_duplicate``, ``hierarchy_violation`` (parent set missing), ``hierarchy_relabelled``
-(parent replaced by the child's majority parent).
+(parent replaced by the child's majority parent; a tie has no majority and is only reported).
+
+Dropped exact duplicates hand the labels the kept copy lacks to it. Feature cells that are empty
+or one of ``dataset.missing_values`` are missing (``None``) in the manifest.
 
 Near duplicates (pHash Hamming distance <= ``clean.near_duplicate_distance``) are kept but
 grouped: the manifest's ``group`` column (smallest ``row`` of the group) lets the select stage

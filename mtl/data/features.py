@@ -16,20 +16,24 @@ use no target information, and everything needed to re-apply them is stored in `
 Decisions, in order, each recorded with its reason and score:
 
 1. per source: ``high_missing`` (missing share > ``max_missing``), ``constant`` (at most one
-   distinct value), ``identifier_like`` (categorical, or integer numeric, with a distinct share
-   >= ``max_unique_ratio``), ``target_leak`` (the source alone predicts a task almost perfectly);
+   distinct value), ``identifier_like`` (a distinct share >= ``max_unique_ratio``: categorical,
+   or numeric integers that fill most of their range like row numbers; a measurement such as
+   a price of ``12345`` is not one), ``target_leak`` (the source alone predicts a task almost
+   perfectly);
 2. per feature: ``near_constant`` (its most common value covers >= ``max_dominance`` of train
-   rows), ``target_leak``; the rest are ranked by mutual information with each task
-   (normalised by the task's entropy) averaged over the tasks; walking down the ranking,
+   rows), ``target_leak``; the rest are ranked by adjusted mutual information (corrected for
+   chance) with each task, averaged over the tasks; walking down the ranking,
    ``duplicate`` (identical to a better feature) and ``correlated`` (|Pearson r| >=
    ``max_correlation`` with a better feature) are dropped; the first ``max_features`` are kept,
    the rest dropped as ``below_top_k``.
 
 Leakage score ("lift"): out-of-fold accuracy of predicting the task from the feature alone,
 rescaled so the majority-class baseline scores 0 and perfect prediction 1 (for regression tasks:
-out-of-fold R²). Discrete features predict the majority class of their value; numeric ones are
-cut into quantile bins first; a text source is scored with a naive Bayes model on its words.
-A score >= ``select.leakage_threshold`` is a leak.
+out-of-fold R²). Discrete features predict the majority class of their value; numeric ones
+score the best of their own distinct values, quantile bins and a 1-D k-nearest-neighbour model
+(``numeric_leak_score``); a text source is scored with a naive Bayes model on its words. A
+multilabel task scores its label sets and each label (``TaskTarget.parts``). A score >=
+``select.leakage_threshold`` is a leak.
 """
 
 from __future__ import annotations
