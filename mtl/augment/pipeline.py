@@ -15,9 +15,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from mtl.config import AugmentConfig
-from mtl.data.clean import resolve_image_path
 from mtl.data.images import load_image
 from mtl.data.io import read_json, write_json
+from mtl.data.paths import resolve_image_path
 
 __all__ = [
     "AugmentResult", "augment", "build_transform", "load_split", "preview_grid", "resize_image",

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from mtl.config import CleanConfig, DatasetConfig, SelectConfig, TaskConfig
-from mtl.data.clean import FEATURE_PREFIX, clean
+from mtl.data.clean import clean
 from mtl.data.dedup import join_groups, near_duplicate_groups
-from mtl.data.features import apply_feature_encoders
+from mtl.data.features import FEATURE_PREFIX, apply_feature_encoders
 from mtl.data.select import SPLITS, select
 
 MakeTable = Callable[..., tuple[DatasetConfig, Path]]
