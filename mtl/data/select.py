@@ -36,11 +36,10 @@ from mtl.data.features import (
     select_features,
 )
 from mtl.data.io import DataError
-from mtl.schema import TaskKind, TaskSchema
+from mtl.schema import SPLITS, TaskKind, TaskSchema
 
 __all__ = ["SPLITS", "SelectResult", "assign_splits", "build_vocabulary", "select"]
 
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
