@@ -46,7 +46,6 @@ import platform
 import shlex
 import statistics
 import sys
-import time
 import types
 import warnings
 from collections.abc import Callable
@@ -59,7 +58,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from weighting_cost import LeNetMTL
+from _timing import interleaved_times, median_ratios
+from weighting_cost import LeNetMTL, assert_encoder_gradient
 
 from mtl.weighting import create_weighting, multitask_backward, task_gradient_cosine
 
@@ -291,6 +291,8 @@ def build_variants(
                 missing[(m.name, col)] = f"fails ({type(err).__name__})"
                 print(f"[{m.name} / {col}] fails: {type(err).__name__}: {err}", file=sys.stderr)
                 continue
+            # a variant that skips the encoder would look cheap: refuse to time it
+            assert_encoder_gradient(v.shared, f"{m.name} / {col}")
             variants.append(v)
     return variants, missing
 
@@ -368,24 +370,19 @@ def _compare(
 
 # ----------------------------------------------------------------------------------- timing
 def time_variants(
-    plain: Variant, variants: list[Variant], rounds: int, warmup: int
-) -> tuple[list[float], float]:
-    """Median per-round ratio to the plain step for every variant, and the plain median ms."""
-    everyone = [plain, *variants]
-    n = len(everyone)
-    for _ in range(warmup):
-        for v in everyone:
-            v.step()
-    times: list[list[float]] = [[] for _ in everyone]
-    for r in range(rounds):
-        for j in range(n):
-            i = (j + r) % n
-            t0 = time.perf_counter()
-            everyone[i].step()
-            times[i].append(time.perf_counter() - t0)
-    base = times[0]
-    ratios = [statistics.median(t / p for t, p in zip(ts, base, strict=True)) for ts in times[1:]]
-    return ratios, statistics.median(base) * 1e3
+    plain: Variant, control: Variant, variants: list[Variant], rounds: int, warmup: int
+) -> tuple[list[float], float, float]:
+    """Median per-round ratio to the plain step for every variant, the plain median ms, and
+    the ratio of ``control`` (a second, identical plain step: must come out near 1.00).
+
+    Every round runs all steps in a freshly shuffled order (:mod:`_timing`): with the former
+    rotated cyclic order the plain step was always preceded by the same variant (TorchJD's
+    UPGrad), and the representation backend came out *cheaper* than the plain step.
+    """
+    everyone = [plain, control, *variants]
+    times = interleaved_times([v.step for v in everyone], rounds, warmup)
+    ratios = median_ratios(times)
+    return ratios[2:], statistics.median(times[0]) * 1e3, ratios[1]
 
 
 def _machine() -> str:
@@ -440,9 +437,11 @@ def main(argv: list[str] | None = None) -> None:
     columns = tuple(c for c in COLUMNS if args.columns is None or c in args.columns)
 
     check = correctness(base, x, ys, methods, columns)
-    plain = plain_variant(base, x, ys)
+    plain, control = plain_variant(base, x, ys), plain_variant(base, x, ys)
     variants, missing = build_variants(base, x, ys, methods, columns)
-    ratios, plain_ms = time_variants(plain, variants, args.rounds, args.warmup)
+    ratios, plain_ms, control_ratio = time_variants(
+        plain, control, variants, args.rounds, args.warmup
+    )
     cell = {(v.method, v.column): f"{r:.2f}x" for v, r in zip(variants, ratios, strict=True)}
     cell.update(missing)
 
@@ -457,10 +456,13 @@ def main(argv: list[str] | None = None) -> None:
         *([args.note, ""] if args.note else []),
         f"LeNet (2 conv + 1 FC shared, 2 linear 10-class heads), 28x28x1, batch "
         f"{args.batch_size}, SGD; one model copy and optimiser per variant; {args.rounds} "
-        f"interleaved rounds (order rotated each round) after {args.warmup} warm-up rounds; "
-        f"median of per-round ratios to the plain step (`sum(losses).backward(); opt.step()`, "
-        f"median {plain_ms:.1f} ms). `n/a`: the library has no such method (or not in that "
-        f"mode); `fails`: it raises on this 2-task problem (see below).",
+        f"interleaved rounds (order shuffled afresh each round) after {args.warmup} warm-up "
+        f"rounds; median of per-round ratios to the plain step (`sum(losses).backward(); "
+        f"opt.step()`, median {plain_ms:.1f} ms). Control: a second, identical plain step "
+        f"timed the same way came out at {control_ratio:.2f}x (the timing method's own bias "
+        f"and noise). `n/a`: the library has no such method (or not in that mode); `fails`: "
+        f"it raises on this 2-task problem (see below). Every timed variant was checked to "
+        f"write a finite, non-zero gradient into every shared (encoder) parameter.",
         "",
         "| method | " + " | ".join(columns) + " |",
         "|---|" + "---:|" * len(columns),
