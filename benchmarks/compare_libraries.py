@@ -12,7 +12,9 @@ Variants (``-`` where a library does not implement the method):
 * **ours full** / **ours representation**: ``mtl.weighting.multitask_backward`` with
   ``backend="full"`` (per-task gradients of all shared parameters) or
   ``backend="representation"`` (per-task gradients of the shared features ``z``);
-* **LibMTL** 1.1.5, driven the way ``LibMTL.trainer.Trainer`` drives it: the model is
+* **LibMTL** (the PyPI wheel 1.1.5 of December 2021, or the GitHub main branch installed from
+  its source tree, which has Nash-MTL, Aligned-MTL and UPGrad; the output says which), driven
+  the way ``LibMTL.trainer.Trainer`` drives it: the model is
   ``class MTLmodel(HPS, <Weighting>)`` built with ``init_param()``, the step is
   ``optimizer.zero_grad(); model.backward(losses, **weight_args); optimizer.step()``;
   ``rep_grad=False`` (gradients of the shared parameters) and ``rep_grad=True`` (gradients of
@@ -20,7 +22,9 @@ Variants (``-`` where a library does not implement the method):
 * **TorchJD** 0.18: ``autojac.mtl_backward(losses, features=z)`` (Jacobian of the shared
   parameters, heads get their own gradient) then ``autojac.jac_to_grad(shared, aggregator)``.
 
-Two shims are needed to run LibMTL 1.1.5 on a current stack (both are reported in the output):
+Shims are needed to run LibMTL on a current stack (all are reported in the output): main
+imports ``torch_geometric`` at package import (an empty module stands in; nothing used here
+touches it); and for 1.1.5 (main fixed the first, not the second):
 ``torchvision.models.utils`` no longer exists (LibMTL's package ``__init__`` imports its
 ResNet, which imports ``load_state_dict_from_url`` from there), and ``Module.zero_grad()``
 now sets ``.grad`` to ``None``, which breaks LibMTL's ``_reset_grad`` (``param.grad.data =
@@ -71,11 +75,29 @@ TASKS = ("task0", "task1")
 
 
 def _install_libmtl_shim() -> None:
-    """Provide ``torchvision.models.utils`` (removed from torchvision) for LibMTL's import."""
+    """Provide ``torchvision.models.utils`` (removed from torchvision) for LibMTL 1.1.5's
+    import, and an empty ``torch_geometric`` for LibMTL main's (its package ``__init__``
+    imports the trainer, which imports torch_geometric for graph datasets; the weightings and
+    the HPS architecture driven here never use it)."""
     if "torchvision.models.utils" not in sys.modules:
         shim = types.ModuleType("torchvision.models.utils")
         shim.load_state_dict_from_url = torch.hub.load_state_dict_from_url  # type: ignore[attr-defined]
         sys.modules["torchvision.models.utils"] = shim
+    try:
+        import torch_geometric  # noqa: F401
+    except ImportError:
+        sys.modules["torch_geometric"] = types.ModuleType("torch_geometric")
+
+
+def libmtl_release() -> str:
+    """``"main"`` (the GitHub branch: has UPGrad, Nash-MTL, Aligned-MTL), ``"1.1.5"`` (the
+    PyPI wheel of December 2021) or ``"absent"``. Both declare version 1.1.5 in their metadata,
+    so the version string cannot tell them apart."""
+    try:
+        import LibMTL.weighting as lw
+    except ImportError:
+        return "absent"
+    return "main" if hasattr(lw, "UPGrad") else "1.1.5"
 
 
 # --------------------------------------------------------------------------------- methods
@@ -93,6 +115,9 @@ class Method:
 def _methods() -> list[Method]:
     from torchjd import aggregation as agg
 
+    main = libmtl_release() == "main"
+    # LibMTL main renamed GradVac's argument and added a grouping (0: whole model, as ours)
+    gradvac = {"GradVac_beta": 0.01, "GradVac_group_type": 0} if main else {"beta": 0.01}
     return [
         Method("mgda", {}, ("MGDA", {"mgda_gn": "none"}, (False, True)), agg.MGDA),
         Method("pcgrad", {}, ("PCGrad", {}, (False,)), agg.PCGrad),
@@ -109,11 +134,26 @@ def _methods() -> list[Method]:
             agg.IMTLG,
             "ours and LibMTL: IMTL-G + IMTL-L (learned loss scales); TorchJD: IMTL-G only",
         ),
-        Method("nash_mtl", {}, None, lambda: agg.NashMTL(n_tasks=2)),
-        Method("aligned_mtl", {}, None, agg.AlignedMTL),
+        Method(
+            "nash_mtl",
+            {},
+            # LibMTL's defaults (config.py); max_norm clips the update, ours does not
+            ("Nash_MTL", {"update_weights_every": 1, "optim_niter": 20, "max_norm": 1.0},
+             (False,)) if main else None,
+            lambda: agg.NashMTL(n_tasks=2),
+        ),
+        Method("aligned_mtl", {}, ("Aligned_MTL", {}, (False, True)) if main else None,
+               agg.AlignedMTL),
         Method("graddrop", {}, ("GradDrop", {"leak": 0.0}, (True,)), agg.GradDrop),
-        Method("gradvac", {"beta": 0.01}, ("GradVac", {"beta": 0.01}, (False,)), agg.GradVac),
-        Method("upgrad", {}, None, agg.UPGrad),
+        Method("gradvac", {"beta": 0.01}, ("GradVac", gradvac, (False,)), agg.GradVac),
+        Method(
+            "upgrad",
+            {},
+            ("UPGrad", {"UPGrad_norm_eps": 1e-4, "UPGrad_reg_eps": 1e-4}, (False,))
+            if main
+            else None,
+            agg.UPGrad,
+        ),
     ]
 
 
@@ -409,6 +449,8 @@ def _versions() -> str:
     for pkg in ("LibMTL", "torchjd", "cvxpy", "torchvision"):
         try:
             out.append(f"{pkg} {version(pkg)}")
+            if pkg == "LibMTL":
+                out[-1] += f" ({libmtl_release()})"
         except PackageNotFoundError:
             out.append(f"{pkg} ?")
     return ", ".join(out)
@@ -475,15 +517,17 @@ def main(argv: list[str] | None = None) -> None:
         "Notes:",
         "",
         *notes,
-        "* LibMTL 1.1.5 (the PyPI release) has no Nash-MTL, Aligned-MTL or UPGrad; its "
-        "`rep_grad=False` mode computes one `loss.backward(retain_graph=True)` per task and "
-        "copies `.grad` into a `[T, P]` matrix; GradDrop exists only with `rep_grad=True`; "
-        "PCGrad, CAGrad and GradVac only with `rep_grad=False`.",
-        "* LibMTL's CAGrad objective hard-codes `x.reshape(1, 3)` (3 tasks), so it raises on "
-        "2 tasks.",
-        "* LibMTL shims (not changes to its maths): `torchvision.models.utils` is provided for "
-        "its import, and `zero_grad_share_params` zeroes in place (torch>=2 `zero_grad()` sets "
-        "`None`, which LibMTL's `_reset_grad` cannot assign into).",
+        f"* LibMTL here: {libmtl_release()} (`main`: the GitHub branch installed from its "
+        "source tree; `1.1.5`: the PyPI wheel of December 2021, which has no Nash-MTL, "
+        "Aligned-MTL or UPGrad, and whose CAGrad hard-codes `x.reshape(1, 3)` (3 tasks) and "
+        "so raises on 2 tasks). Its `rep_grad=False` mode computes one "
+        "`loss.backward(retain_graph=True)` per task and copies `.grad` into a `[T, P]` "
+        "matrix; GradDrop exists only with `rep_grad=True`; PCGrad, CAGrad, GradVac, "
+        "Nash-MTL and UPGrad only with `rep_grad=False`.",
+        "* LibMTL shims (not changes to its maths): `torchvision.models.utils` (1.1.5) and "
+        "`torch_geometric` (main) are provided for its import, and `zero_grad_share_params` "
+        "zeroes in place (torch>=2 `zero_grad()` sets `None`, which LibMTL's `_reset_grad` "
+        "cannot assign into).",
         "* TorchJD's full step is `mtl_backward` (heads: one gradient per task; shared: the "
         "Jacobian w.r.t. the features pushed through the backbone with one vmapped backward) "
         "then `jac_to_grad`.",
