@@ -6,10 +6,9 @@ the next step faults in again, evicted caches, sleeping OpenMP workers) always l
 same successor. In the LibMTL/TorchJD comparison the plain reference step always followed
 TorchJD's vmapped UPGrad step, and the representation backend came out at 0.88-0.92x a plain
 step although it does strictly more work (1.00-1.13x with a shuffled order). Here every
-round runs the variants in a freshly
-shuffled (seeded) order, and a second, identical copy of the reference runs as a *control*:
-its median ratio must come out near 1.00, otherwise the timing method itself is biased and
-the table says so.
+round runs the variants in a freshly shuffled (seeded) order, and a second, identical copy of
+the reference runs as a *control*: its median ratio must come out near 1.00, otherwise the
+timing method itself is biased (or the machine too noisy) and the table says so.
 """
 
 from __future__ import annotations
