@@ -250,7 +250,7 @@ def train_one_epoch(loop: TrainLoop, data: SplitData) -> EpochStats:
         losses, present = _losses(loop, outputs, ys)
         if cfg.log_conflict_every and t_count > 1 and loop.step % cfg.log_conflict_every == 0 \
                 and micro == 0 and loop.dist.world_size == 1:
-            cos = task_gradient_cosine(losses, present, shared)  # [T, T], NaN if absent
+            cos = task_gradient_cosine(losses, present, shared).cpu()  # [T, T], NaN: absent; 1 sync
             for a, b in combinations(range(t_count), 2):
                 key = f"{tasks[a].name}~{tasks[b].name}"
                 if not math.isnan(float(cos[a, b])):
