@@ -28,6 +28,7 @@ __all__ = [
     "IngestConfig",
     "Params",
     "SelectConfig",
+    "SweepConfig",
     "TaskConfig",
     "TrainConfig",
     "load_params",
@@ -369,6 +370,14 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    """``python -m flows.sweep`` settings (no DVC stage reads them)."""
+
+    # --promote applies the best run only if its val score beats the workspace model's by this.
+    promote_margin: float = 0.005
+
+
+@dataclass(frozen=True)
 class Params:
     """All sections of ``params.yaml``."""
 
@@ -379,6 +388,7 @@ class Params:
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    sweep: SweepConfig = SweepConfig()
 
 
 def _type_name(tp: Any) -> str:
