@@ -58,6 +58,7 @@ __all__ = [
     "IngestConfig",
     "Params",
     "SelectConfig",
+    "SweepConfig",
     "TaskConfig",
     "TrainConfig",
     "load_params",
@@ -480,6 +481,15 @@ class EvaluateConfig(_Section):
 
 
 @dataclass(frozen=True, config=_CONFIG)
+class SweepConfig(_Section):
+    """``python -m flows.sweep`` settings (read by the sweep flow; no DVC stage reads them)."""
+
+    # --promote applies the best run only if its validation score beats the workspace model's
+    # by at least this much (same units as the validation score: mean task score).
+    promote_margin: NonNegFloat = 0.005
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class Params(_Section):
     """All sections of ``params.yaml``."""
 
@@ -490,6 +500,7 @@ class Params(_Section):
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+    sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
 
 
 # ----------------------------------------------------------------------------- errors
