@@ -63,3 +63,62 @@ def test_famo_sparse_task_that_really_is_slower_gains_weight() -> None:
         m.step_end(losses, torch.tensor([True, s % 5 == 0]))
     z = m.task_weights(ALL2)  # type: ignore[attr-defined]
     assert float(z[1]) > 0.6, z
+
+
+# --------------------------------------------------------------- 2. CAGrad and gradient scale
+def _cagrad_reference(g: torch.Tensor, c: float) -> torch.Tensor:
+    """The paper's CAGrad direction (Liu et al. 2021, Eq. 7 and Alg. 1 with rescale=1), its dual
+    minimised by brute force over a fine simplex grid in float64 (3 tasks)."""
+    gram = (g @ g.T).double()
+    k = g.shape[0]
+    b = gram.mean(1)  # G g0
+    phi = c * float(gram.mean().sqrt())
+    n = 400
+    best, w_best = math.inf, None
+    for i in range(n + 1):
+        x = torch.arange(n + 1 - i, dtype=torch.float64) / n  # second coordinate
+        w = torch.stack([torch.full_like(x, i / n), x, 1.0 - i / n - x], 1)[:, :k]
+        obj = w @ b + phi * torch.einsum("rk,kl,rl->r", w, gram, w).clamp_min(0).sqrt()
+        j = int(obj.argmin())
+        if float(obj[j]) < best:
+            best, w_best = float(obj[j]), w[j]
+    assert w_best is not None
+    gw = w_best @ g.double()
+    d = g.double().mean(0) + phi / float(gw.norm()) * gw
+    return d / (1.0 + c * c)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e-2, 1.0, 1e3])
+def test_cagrad_three_tasks_is_scale_invariant(scale: float) -> None:
+    """Three conflicting gradients at norms from 1e-4 to 1e3: the direction must be CAGrad's
+    (brute-force reference) times the scale. Before the fix SLSQP stopped at its start point
+    below norms of ~0.1 and returned the rescaled mean: FAILED for 1e-4 and 1e-2."""
+    g = torch.tensor([[1.0, 0.2, 0.0], [-0.6, 1.0, 0.1], [0.1, -0.7, 0.9]], dtype=torch.float64)
+    expected = _cagrad_reference(g, 0.4)
+    m = create_weighting("cagrad", 3, c=0.4)
+    d, _ = m.aggregate(
+        g * scale, torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.bool)
+    )
+    torch.testing.assert_close(d / scale, expected, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e-3, 1.0, 1e4])
+def test_cagrad_two_tasks_is_scale_invariant(scale: float) -> None:
+    """Two tasks, exact dual: the weights must not change with the gradient scale. Before the
+    fix the fixed epsilons made the worst task's progress negative at norm 1e-3: FAILED."""
+    g = torch.tensor([[1.0, 0.0], [-0.9, 0.3]], dtype=torch.float64)
+    m = create_weighting("cagrad", 2, c=0.5)
+    _, w_ref = m.aggregate(g, torch.ones(2, dtype=torch.float64), ALL2)
+    d, w = m.aggregate(g * scale, torch.ones(2, dtype=torch.float64), ALL2)
+    torch.testing.assert_close(w, w_ref, atol=1e-9, rtol=1e-7)
+    assert float((g @ d).min()) > 0.0  # CAGrad improves the worst task here, at any scale
+
+
+def test_cagrad_one_present_task() -> None:
+    """One present task: g_w = g0, lambda = c, d = (1 + c) g / (1 + c^2) = 1.2069 g for c=0.4.
+    Before the fix: 1 / (1 + c^2) = 0.862: FAILED."""
+    g = torch.tensor([[3.0, -4.0], [0.0, 0.0]], dtype=torch.float64)
+    m = create_weighting("cagrad", 2, c=0.4)
+    d, w = m.aggregate(g, torch.ones(2, dtype=torch.float64), torch.tensor([True, False]))
+    torch.testing.assert_close(w, torch.tensor([1.4 / 1.16, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(d, g[0] * 1.4 / 1.16)
