@@ -122,3 +122,25 @@ def test_cagrad_one_present_task() -> None:
     d, w = m.aggregate(g, torch.ones(2, dtype=torch.float64), torch.tensor([True, False]))
     torch.testing.assert_close(w, torch.tensor([1.4 / 1.16, 0.0], dtype=torch.float64))
     torch.testing.assert_close(d, g[0] * 1.4 / 1.16)
+
+
+# -------------------------------------------------------------- 8. MGDA Frank-Wolfe converges
+@pytest.mark.parametrize("k", [3, 8, 12])
+def test_mgda_reaches_the_min_norm_point(k: int) -> None:
+    """Optimality (Sener & Koltun 2018, the KKT conditions of min ||w^T G||^2 on the simplex):
+    ``(M w)_t >= w^T M w`` for every task, so ``d . g_t >= ||d||^2``. The duality gap bounds
+    the direction error: ``||d - d*||^2 <= w^T M w - min_t (M w)_t``. Before the fix Frank-Wolfe
+    stopped with direction errors up to 4 % (8 tasks) and 24 % (12 tasks): FAILED for 8, 12."""
+    g = torch.Generator().manual_seed(k)
+    worst = 0.0
+    for _ in range(10):
+        grads = torch.randn(k, 30, generator=g, dtype=torch.float64) + 0.3
+        d, w = create_weighting("mgda", k).aggregate(
+            grads, torch.ones(k, dtype=torch.float64), torch.ones(k, dtype=torch.bool)
+        )
+        assert float(w.min()) >= 0.0
+        torch.testing.assert_close(w.sum(), torch.tensor(1.0, dtype=torch.float64))
+        norm2 = float(d @ d)
+        gap = norm2 - float((grads @ d).min())
+        worst = max(worst, math.sqrt(max(gap, 0.0) / norm2))  # bound on ||d - d*|| / ||d||
+    assert worst <= 1e-4, worst
