@@ -196,3 +196,17 @@ def test_nash_mtl_reuses_previous_weights_only_when_they_still_descend() -> None
     with pytest.warns(RuntimeWarning, match=r"nash_mtl step 1: .*reusing"):
         _, w1 = m.aggregate(g1, ones, ALL2)
     torch.testing.assert_close(w1, w0)
+
+
+# ------------------------------------------------------------------- 5. GradNorm's step size
+@pytest.mark.parametrize("scale", [0.01, 1.0, 100.0])
+def test_gradnorm_step_does_not_depend_on_the_gradient_scale(scale: float) -> None:
+    """2:1 gradient norms, equal losses (alpha irrelevant, targets = mean of w n): one internal
+    step moves the weights by ``lr * n_t / mean n`` = (-0.025 * 4/3, +0.025 * 2/3), then
+    renormalised to sum 2 -> (0.9833.., 1.0166..), at any scale. Before the fix the step was
+    ``lr * n_t``: weights (0.001, 1.999) at norm 100 and (0.99967, 1.00033) at 0.01: FAILED."""
+    m = create_weighting("gradnorm", 2, lr=0.025)
+    g = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64) * scale
+    m.aggregate(g, torch.ones(2, dtype=torch.float64), ALL2)
+    raw = torch.tensor([1.0 - 0.025 * 4 / 3, 1.0 + 0.025 * 2 / 3], dtype=torch.float64)
+    torch.testing.assert_close(m.task_weights, raw * 2 / raw.sum())  # type: ignore[attr-defined]
