@@ -11,8 +11,9 @@ import warnings
 
 import pytest
 import torch
+from weighting_helpers import TinyModel, compute_losses, make_batch
 
-from mtl.weighting import create_weighting
+from mtl.weighting import create_weighting, multitask_backward
 
 ALL2 = torch.ones(2, dtype=torch.bool)
 
@@ -210,3 +211,17 @@ def test_gradnorm_step_does_not_depend_on_the_gradient_scale(scale: float) -> No
     m.aggregate(g, torch.ones(2, dtype=torch.float64), ALL2)
     raw = torch.tensor([1.0 - 0.025 * 4 / 3, 1.0 + 0.025 * 2 / 3], dtype=torch.float64)
     torch.testing.assert_close(m.task_weights, raw * 2 / raw.sum())  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------ 6. DB-MTL and the representation
+def test_db_mtl_refuses_the_representation_backend() -> None:
+    """DB-MTL's EMA of per-task gradients is meaningless on per-sample representation
+    gradients (other batches' samples); it must be refused, as LibMTL does. Before the fix it
+    was accepted (and reset whenever the batch size changed): FAILED."""
+    model = TinyModel()
+    x, y = make_batch()
+    losses, present, z = compute_losses(model, x, y)
+    with pytest.raises(ValueError, match="does not support backend='representation'"):
+        multitask_backward(create_weighting("db_mtl", 3), losses, present,
+                           list(model.shared_parameters()), model.head_parameters(), z,
+                           backend="representation")  # fmt: skip
