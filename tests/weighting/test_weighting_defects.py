@@ -225,3 +225,51 @@ def test_db_mtl_refuses_the_representation_backend() -> None:
         multitask_backward(create_weighting("db_mtl", 3), losses, present,
                            list(model.shared_parameters()), model.head_parameters(), z,
                            backend="representation")  # fmt: skip
+
+
+# ---------------------------------------------------------------- 7. GradDrop: mask per feature
+def test_graddrop_purity_from_sign_weighted_batch_sums() -> None:
+    """Per-sample gradients conflict (sample 1) but the sign-weighted batch sums agree on every
+    feature (S_0 = S_1 = 2 on feature 0, S = (1, 1) on feature 1): purity 1, nothing is dropped
+    (Chen et al. 2020, Algorithm 1). Before the fix the purity was computed per (sample,
+    feature) and dropped gradients in the conflicting entries: FAILED."""
+    m = create_weighting("graddrop", 2)
+    z = torch.tensor([[0.5, -1.0], [2.0, -0.3]], dtype=torch.float64)  # [B=2, F=2]
+    # rows: task t's gradient w.r.t. z, flattened [B * F]
+    g = torch.tensor([[3.0, -1.0, -1.0, 0.0], [1.0, -2.0, 1.0, 1.0]], dtype=torch.float64)
+    m.set_representation(z)
+    torch.manual_seed(0)
+    for _ in range(20):
+        d, w = m.aggregate(g, torch.ones(2, dtype=torch.float64), ALL2)
+        torch.testing.assert_close(d, g.sum(0))
+        torch.testing.assert_close(w, torch.ones(2, dtype=torch.float64))
+
+
+def test_graddrop_one_mask_per_feature_through_the_backend() -> None:
+    """Through ``multitask_backward`` with the representation backend: every task keeps or drops
+    a feature for *all* samples (the kept fraction per (task, feature) is 0 or 1), and the mask
+    follows the signs of the sign-weighted sums."""
+
+    seen: dict[str, torch.Tensor] = {}
+
+    class Recording(type(create_weighting("graddrop", 3))):  # type: ignore[misc]
+        def aggregate(self, grads, losses, present):  # type: ignore[no-untyped-def]
+            d, w = super().aggregate(grads, losses, present)
+            seen["g"], seen["d"] = grads.clone(), d.clone()
+            return d, w
+
+    model = TinyModel().double()
+    x, y = make_batch(dtype=torch.float64)
+    losses, present, z = compute_losses(model, x, y)
+    multitask_backward(Recording(3), losses, present, list(model.shared_parameters()),
+                       model.head_parameters(), z, backend="representation")  # fmt: skip
+    g = seen["g"].view(3, z.shape[0], -1)  # [T, B, F]
+    d = seen["d"].view(z.shape[0], -1)  # [B, F]
+    # d is sum_t M_t g_t with M_t in {0, 1} per feature: find M by least squares per feature
+    for f in range(g.shape[2]):
+        a = g[:, :, f].T  # [B, T]
+        sol = torch.linalg.lstsq(a, d[:, f : f + 1]).solution.squeeze(1)
+        torch.testing.assert_close(sol.round(), sol, atol=1e-6, rtol=0)
+        s = (g[:, :, f] * torch.sign(z.detach())[:, f]).sum(1)  # [T] sign-weighted sums
+        kept = sol.round().bool()
+        assert bool((s[kept] >= 0).all()) or bool((s[kept] <= 0).all())  # one sign kept
