@@ -273,3 +273,23 @@ def test_graddrop_one_mask_per_feature_through_the_backend() -> None:
         s = (g[:, :, f] * torch.sign(z.detach())[:, f]).sum(1)  # [T] sign-weighted sums
         kept = sol.round().bool()
         assert bool((s[kept] >= 0).all()) or bool((s[kept] <= 0).all())  # one sign kept
+
+
+# ------------------------------------------------------ 8. Aligned-MTL rank above float32 noise
+def test_aligned_mtl_rank_deficient_float32_gradients() -> None:
+    """Three float32 gradients of rank 2 (g_3 = g_1 + g_2): the float32 Gram matrix has a
+    noise eigenvalue ~5e-8 of the largest. The result must equal the rank-2 solution computed
+    in float64 (Senushkin et al. 2023, Alg. 1: B = sqrt(l_min) V diag(l)^-1/2 V^T over the
+    r = 2 non-zero eigenvalues). Before the fix the threshold 3 * float64 eps kept the noise
+    eigenvalue, and its 1/sqrt(lambda) blew the weights up: FAILED."""
+    torch.manual_seed(0)
+    g = torch.randn(2, 1000)
+    grads = torch.cat([g, (g[0] + g[1])[None]])  # [3, 1000] float32
+    exact = grads.double()
+    lam, vec = torch.linalg.eigh(exact @ exact.T)
+    lam, vec = lam[1:], vec[:, 1:]  # the true rank is 2
+    expected = (lam.min().sqrt() * (vec / lam.sqrt()) @ vec.T).sum(0)
+    _, w = create_weighting("aligned_mtl", 3).aggregate(
+        grads, torch.ones(3), torch.ones(3, dtype=torch.bool)
+    )
+    torch.testing.assert_close(w.double(), expected, atol=1e-4, rtol=1e-4)
