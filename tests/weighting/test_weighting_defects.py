@@ -293,3 +293,22 @@ def test_aligned_mtl_rank_deficient_float32_gradients() -> None:
         grads, torch.ones(3), torch.ones(3, dtype=torch.bool)
     )
     torch.testing.assert_close(w.double(), expected, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------ 8. uncertainty: the classification form
+def test_uncertainty_classification_form() -> None:
+    """Kendall et al. 2018, Eq. 10: a classification task's term is 1/sigma^2 L + log sigma =
+    e^-s L + s/2 (weight e^-s), a regression task's 1/(2 sigma^2) L + log sigma (Eq. 5,
+    weight e^-s / 2). At s = (0, log 2), L = (2, 4): weights (1, 0.25), objective 2 + 1 +
+    0.5 log 2, d/ds = (1/2 - 2, 1/2 - 1). Before the fix there was no ``forms``: FAILED."""
+    m = create_weighting("uncertainty", 2, forms=["classification", "regression"])
+    with torch.no_grad():
+        m.log_vars.copy_(torch.tensor([0.0, math.log(2.0)]))  # type: ignore[operator]
+    losses = torch.tensor([2.0, 4.0])
+    total, w = m.objective(losses, ALL2)
+    torch.testing.assert_close(w, torch.tensor([1.0, 0.25]))
+    torch.testing.assert_close(total, torch.tensor(2.0 + 1.0 + 0.5 * math.log(2.0)))
+    total.backward()
+    torch.testing.assert_close(m.log_vars.grad, torch.tensor([-1.5, -0.5]))  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="'regression' or 'classification'"):
+        create_weighting("uncertainty", 2, forms=["classification"])
