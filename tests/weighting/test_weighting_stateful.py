@@ -182,3 +182,26 @@ def test_imtl_l_scales_and_their_gradient() -> None:
     reg.backward()
     torch.testing.assert_close(m.loss_scale.grad, torch.tensor([1.0, 0.0]))  # type: ignore[union-attr]
     torch.testing.assert_close(m.head_scales(losses, _mask(1, 1)), torch.tensor([1.0, 2.0]))
+
+
+# ------------------------------------------------------------------------- GradDrop, UPGrad
+def test_graddrop_leak_keeps_that_fraction_of_the_dropped_gradient() -> None:
+    """Chen et al. 2020 (leak): task 0's per-sample gradients (1, -1) on a feature whose
+    activations are both positive sum to S_0 = 0, so it is always dropped there; task 1's
+    (1, 1) give purity 1 and are always kept. d = leak * g_0 + g_1 = (1.25, 0.75)."""
+    m = create_weighting("graddrop", 2, leak=0.25)
+    m.set_representation(torch.tensor([[0.5], [2.0]], dtype=F64))  # [B=2, F=1]
+    g = torch.tensor([[1.0, -1.0], [1.0, 1.0]], dtype=F64)
+    d, w = m.aggregate(g, torch.ones(2, dtype=F64), _mask(1, 1))
+    torch.testing.assert_close(d, torch.tensor([1.25, 0.75], dtype=F64))
+    torch.testing.assert_close(w, torch.tensor([0.25, 1.0], dtype=F64))
+
+
+def test_upgrad_projects_each_gradient_not_the_mean() -> None:
+    """Quinton & Rey 2024 (UPGrad): g1 = (1, 0), g2 = (-1, 1). Projecting g1 / 2 onto the dual
+    cone {x : G x >= 0} gives (0.25, 0.25), g2 / 2 gives (0, 0.5); d = (0.25, 0.75) = 1.0 g1 +
+    0.75 g2. (DualProj, projecting the mean (0, 0.5), would return it unchanged.)"""
+    g = torch.tensor([[1.0, 0.0], [-1.0, 1.0]], dtype=F64)
+    d, w = create_weighting("upgrad", 2).aggregate(g, torch.ones(2, dtype=F64), _mask(1, 1))
+    torch.testing.assert_close(d, torch.tensor([0.25, 0.75], dtype=F64))
+    torch.testing.assert_close(w, torch.tensor([1.0, 0.75], dtype=F64))
