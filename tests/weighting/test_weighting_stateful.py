@@ -205,3 +205,28 @@ def test_upgrad_projects_each_gradient_not_the_mean() -> None:
     d, w = create_weighting("upgrad", 2).aggregate(g, torch.ones(2, dtype=F64), _mask(1, 1))
     torch.testing.assert_close(d, torch.tensor([0.25, 0.75], dtype=F64))
     torch.testing.assert_close(w, torch.tensor([1.0, 0.75], dtype=F64))
+
+
+def test_defaults_are_the_papers() -> None:
+    """The hyperparameter defaults of docs/weighting.md (the papers' settings); a changed
+    default is a silent change of method."""
+    from mtl.weighting import get_weighting_class, hyperparameters
+
+    expected = {
+        "famo": {"lr": 0.025, "gamma": 0.001, "min_losses": 0.0, "eps": 1e-8},
+        "dwa": {"temperature": 2.0},
+        "gradnorm": {"alpha": 1.5, "lr": 0.025, "min_weight": 1e-3},
+        "cagrad": {"c": 0.4, "rescale": 1},
+        "db_mtl": {"beta": 0.9, "beta_sigma": 0.5, "eps": 1e-8},
+        "gradvac": {"beta": 0.01},
+        "nash_mtl": {"max_norm": 1.0, "update_weights_every": 1, "optim_niter": 100},
+        "mgda": {"normalization": "none", "max_iter": 1000},
+        "uncertainty": {"init_log_var": 0.0, "forms": None},
+        "rlw": {"distribution": "normal"},
+        "graddrop": {"leak": 0.0},
+        "imtl": {"hybrid": True},
+        "aligned_mtl": {"eps_rank": None},
+        "gls": {"eps": 1e-8},
+    }
+    for name, defaults in expected.items():
+        assert hyperparameters(get_weighting_class(name)) == defaults, name
