@@ -89,32 +89,34 @@ class FAMO(Weighting):
             return torch.zeros_like(z)
         return z / (c * gap)
 
-    @torch.no_grad()
     def step_end(self, losses: Tensor, present: Tensor) -> None:
-        cur = losses.detach().to(self.prev_losses)
-        mask = present.to(self.prev_losses.device) & torch.isfinite(cur)
-        both = mask & torch.isfinite(self.prev_losses)
-        now = self.steps_seen + 1.0
-        if int(both.sum()) >= 2:  # with one task the softmax Jacobian is 0: nothing to learn
-            log_prev = torch.log((self.prev_losses - self.min_losses).clamp_min(0.0) + self.eps)
-            log_cur = torch.log((cur - self.min_losses).clamp_min(0.0) + self.eps)
-            # steps since the task was last labelled (>= 1): the decrease per optimiser step
-            gap = torch.where(both, now - self.prev_steps, torch.ones_like(cur)).clamp_min(1.0)
-            delta = torch.where(both, (log_prev - log_cur) / gap, torch.zeros_like(cur))  # [T]
-            z = self.task_weights(both)
-            # J_softmax^T delta = z * (delta - z . delta); + L2 decay, as torch.optim.Adam does.
-            grad = z * (delta - (z * delta).sum()) + self.gamma * self.logits
-            self._masked_adam(grad, both)
-        else:
-            both = torch.zeros_like(both)
-        # The reference loss moves only when the task entered an update (or had none yet): the
-        # batch noise of consecutive references then telescopes over the updates instead of
-        # adding up (a dense task entering only the updates of a sparse one would otherwise
-        # random-walk its logit on the noise of single-step differences).
-        new_ref = both | (mask & ~torch.isfinite(self.prev_losses))
-        self.prev_losses.copy_(torch.where(new_ref, cur, self.prev_losses))
-        self.prev_steps.copy_(torch.where(new_ref, now.expand_as(cur), self.prev_steps))
-        self.steps_seen.copy_(now)
+        # no autograd graph for the method's own bookkeeping (a context, not a decorator:
+        # mutmut does not mutate decorated functions)
+        with torch.no_grad():
+            cur = losses.detach().to(self.prev_losses)
+            mask = present.to(self.prev_losses.device) & torch.isfinite(cur)
+            both = mask & torch.isfinite(self.prev_losses)
+            now = self.steps_seen + 1.0
+            if int(both.sum()) >= 2:  # with one task the softmax Jacobian is 0: nothing to learn
+                log_prev = torch.log((self.prev_losses - self.min_losses).clamp_min(0.0) + self.eps)
+                log_cur = torch.log((cur - self.min_losses).clamp_min(0.0) + self.eps)
+                # steps since the task was last labelled (>= 1): the decrease per optimiser step
+                gap = torch.where(both, now - self.prev_steps, torch.ones_like(cur)).clamp_min(1.0)
+                delta = torch.where(both, (log_prev - log_cur) / gap, torch.zeros_like(cur))  # [T]
+                z = self.task_weights(both)
+                # J_softmax^T delta = z * (delta - z . delta); + L2 decay, as torch.optim.Adam does.
+                grad = z * (delta - (z * delta).sum()) + self.gamma * self.logits
+                self._masked_adam(grad, both)
+            else:
+                both = torch.zeros_like(both)
+            # The reference loss moves only when the task entered an update (or had none yet): the
+            # batch noise of consecutive references then telescopes over the updates instead of
+            # adding up (a dense task entering only the updates of a sparse one would otherwise
+            # random-walk its logit on the noise of single-step differences).
+            new_ref = both | (mask & ~torch.isfinite(self.prev_losses))
+            self.prev_losses.copy_(torch.where(new_ref, cur, self.prev_losses))
+            self.prev_steps.copy_(torch.where(new_ref, now.expand_as(cur), self.prev_steps))
+            self.steps_seen.copy_(now)
 
     def _masked_adam(self, grad: Tensor, mask: Tensor, b1: float = 0.9, b2: float = 0.999) -> None:
         """One Adam step on the logits of ``mask`` only (per-task bias correction)."""
