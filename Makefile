@@ -9,13 +9,14 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # Prefect's local state (ephemeral API database, settings) stays inside the project.
 export PREFECT_HOME ?= $(abspath .prefect)
 
-.PHONY: install run test test-fast lint bench clean-outputs help
+.PHONY: install run test test-fast lint bench mutate clean-outputs help
 
 help:
 	@echo "make run    - set up .venv and run the pipeline on the default dataset"
 	@echo "make test   - set up .venv and run the test suite"
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - benchmarks (results go to BENCHMARKS.md by hand)"
+	@echo "make mutate - mutation testing of mtl/weighting/ (slow; not part of make test)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +35,14 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"
+
+# Mutation testing of the weighting engine (mutmut, config in pyproject.toml [tool.mutmut]);
+# slow (a pytest run per mutant), so NOT part of `make test`. MUTANTS narrows it, e.g.
+# make mutate MUTANTS='mtl.weighting.famo*'. Score and survivors: docs/weighting.md.
+mutate: install
+	$(PY) -m pip install --quiet -e '.[mutate]'
+	$(VENV)/bin/mutmut run $(MUTANTS)
+	$(VENV)/bin/mutmut results
 
 lint: install
 	$(VENV)/bin/ruff check mtl flows tests benchmarks

@@ -235,6 +235,11 @@ def multitask_backward(
             grads = flat
         else:  # absent tasks' rows are exact zeros, as the method contract says
             grads = flat.new_zeros(num_tasks, flat.shape[1]).index_copy_(0, tasks, flat)
+        weighting.set_representation(
+            representation.detach()
+            if backend == "representation" and representation is not None
+            else None
+        )
         direction, weights = weighting.aggregate(grads, losses.detach().to(flat.dtype), present)
     direction = direction * scale if scale != 1.0 else direction  # [P]
 
