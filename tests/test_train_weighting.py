@@ -86,8 +86,8 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
             cfg = tiny_cfg(Path(out), weighting=weighting, batch_size=8, log_conflict_every=0,
                            epochs=2, grad_accum=2)
             loop = _build_loop(TASKS, cfg, 1, 0, torch.device("cpu"), 4, Distributed(rank, 2))
-            for epoch in range(2):
-                train_one_epoch(loop, data, epoch)
+            for _ in range(2):
+                train_one_epoch(loop, data)
             torch.save(loop.weighting.state_dict(), Path(out) / f"{weighting}-rank{rank}.pt")
     finally:
         dist.destroy_process_group()
