@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT, run_ok
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # server, CLI, worker: all slow
 
 DVC_YAML = """stages:
   hello:
