@@ -8,6 +8,10 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 # Prefect's local state (ephemeral API database, settings) stays inside the project.
 export PREFECT_HOME ?= $(abspath .prefect)
+# Without PREFECT_API_URL, a flow starts Prefect's temporary API server, whose default start-up
+# timeout (20 s) is too short on a loaded machine; its database is created at install (below).
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 600
+PREFECT_DB := $(PREFECT_HOME)/prefect.db
 
 .PHONY: install run test test-fast lint bench mutate clean-outputs help
 
@@ -24,7 +28,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# Create and migrate Prefect's SQLite database once, at set-up, not inside the first flow run.
+$(PREFECT_DB): $(STAMP)
+	$(VENV)/bin/prefect server database upgrade -y
+
+install: $(STAMP) $(PREFECT_DB)
 
 run: install
 	@test -d .git || git init -q
