@@ -630,7 +630,7 @@ def _message(err: Any) -> str:
                 "model_attributes_type", "dataclass_args_type"):
         return f"expected a mapping, found {_show(found)}"
     if kind == "too_short" and not found:
-        return "expected a non-empty list, found none" if isinstance(
+        return "expected a non-empty list, found an empty list" if isinstance(
             found, (list, tuple)) else f"expected a non-empty string, found {found!r}"
     if kind == "string_too_short":
         return f"expected a non-empty string, found {found!r}"
@@ -646,6 +646,8 @@ def _problem_lines(err: Any) -> list[str]:
                 for key, msg in err["ctx"]["problems"]]
     if err["type"] == "missing" and loc == ("dataset",):
         return [f"{_path(loc)}: required section is missing"]
+    if err["type"] == "too_short" and loc == ("dataset", "tasks"):
+        return [f"{_path(loc)}: expected at least one task, found an empty list"]
     return [f"{_path(loc)}: {_message(err)}"]
 
 
