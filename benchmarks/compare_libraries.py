@@ -12,7 +12,9 @@ Variants (``-`` where a library does not implement the method):
 * **ours full** / **ours representation**: ``mtl.weighting.multitask_backward`` with
   ``backend="full"`` (per-task gradients of all shared parameters) or
   ``backend="representation"`` (per-task gradients of the shared features ``z``);
-* **LibMTL** 1.1.5, driven the way ``LibMTL.trainer.Trainer`` drives it: the model is
+* **LibMTL** (the PyPI wheel 1.1.5 of December 2021, or the GitHub main branch installed from
+  its source tree, which has Nash-MTL, Aligned-MTL and UPGrad; the output says which), driven
+  the way ``LibMTL.trainer.Trainer`` drives it: the model is
   ``class MTLmodel(HPS, <Weighting>)`` built with ``init_param()``, the step is
   ``optimizer.zero_grad(); model.backward(losses, **weight_args); optimizer.step()``;
   ``rep_grad=False`` (gradients of the shared parameters) and ``rep_grad=True`` (gradients of
@@ -20,7 +22,9 @@ Variants (``-`` where a library does not implement the method):
 * **TorchJD** 0.18: ``autojac.mtl_backward(losses, features=z)`` (Jacobian of the shared
   parameters, heads get their own gradient) then ``autojac.jac_to_grad(shared, aggregator)``.
 
-Two shims are needed to run LibMTL 1.1.5 on a current stack (both are reported in the output):
+Shims are needed to run LibMTL on a current stack (all are reported in the output): main
+imports ``torch_geometric`` at package import (an empty module stands in; nothing used here
+touches it); and for 1.1.5 (main fixed the first, not the second):
 ``torchvision.models.utils`` no longer exists (LibMTL's package ``__init__`` imports its
 ResNet, which imports ``load_state_dict_from_url`` from there), and ``Module.zero_grad()``
 now sets ``.grad`` to ``None``, which breaks LibMTL's ``_reset_grad`` (``param.grad.data =
@@ -46,7 +50,6 @@ import platform
 import shlex
 import statistics
 import sys
-import time
 import types
 import warnings
 from collections.abc import Callable
@@ -59,7 +62,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from weighting_cost import LeNetMTL
+from _timing import interleaved_times, median_ratios
+from weighting_cost import LeNetMTL, assert_encoder_gradient
 
 from mtl.weighting import create_weighting, multitask_backward, task_gradient_cosine
 
@@ -71,11 +75,29 @@ TASKS = ("task0", "task1")
 
 
 def _install_libmtl_shim() -> None:
-    """Provide ``torchvision.models.utils`` (removed from torchvision) for LibMTL's import."""
+    """Provide ``torchvision.models.utils`` (removed from torchvision) for LibMTL 1.1.5's
+    import, and an empty ``torch_geometric`` for LibMTL main's (its package ``__init__``
+    imports the trainer, which imports torch_geometric for graph datasets; the weightings and
+    the HPS architecture driven here never use it)."""
     if "torchvision.models.utils" not in sys.modules:
         shim = types.ModuleType("torchvision.models.utils")
         shim.load_state_dict_from_url = torch.hub.load_state_dict_from_url  # type: ignore[attr-defined]
         sys.modules["torchvision.models.utils"] = shim
+    try:
+        import torch_geometric  # noqa: F401
+    except ImportError:
+        sys.modules["torch_geometric"] = types.ModuleType("torch_geometric")
+
+
+def libmtl_release() -> str:
+    """``"main"`` (the GitHub branch: has UPGrad, Nash-MTL, Aligned-MTL), ``"1.1.5"`` (the
+    PyPI wheel of December 2021) or ``"absent"``. Both declare version 1.1.5 in their metadata,
+    so the version string cannot tell them apart."""
+    try:
+        import LibMTL.weighting as lw
+    except ImportError:
+        return "absent"
+    return "main" if hasattr(lw, "UPGrad") else "1.1.5"
 
 
 # --------------------------------------------------------------------------------- methods
@@ -93,6 +115,9 @@ class Method:
 def _methods() -> list[Method]:
     from torchjd import aggregation as agg
 
+    main = libmtl_release() == "main"
+    # LibMTL main renamed GradVac's argument and added a grouping (0: whole model, as ours)
+    gradvac = {"GradVac_beta": 0.01, "GradVac_group_type": 0} if main else {"beta": 0.01}
     return [
         Method("mgda", {}, ("MGDA", {"mgda_gn": "none"}, (False, True)), agg.MGDA),
         Method("pcgrad", {}, ("PCGrad", {}, (False,)), agg.PCGrad),
@@ -109,11 +134,26 @@ def _methods() -> list[Method]:
             agg.IMTLG,
             "ours and LibMTL: IMTL-G + IMTL-L (learned loss scales); TorchJD: IMTL-G only",
         ),
-        Method("nash_mtl", {}, None, lambda: agg.NashMTL(n_tasks=2)),
-        Method("aligned_mtl", {}, None, agg.AlignedMTL),
+        Method(
+            "nash_mtl",
+            {},
+            # LibMTL's defaults (config.py); max_norm clips the update, ours does not
+            ("Nash_MTL", {"update_weights_every": 1, "optim_niter": 20, "max_norm": 1.0},
+             (False,)) if main else None,
+            lambda: agg.NashMTL(n_tasks=2),
+        ),
+        Method("aligned_mtl", {}, ("Aligned_MTL", {}, (False, True)) if main else None,
+               agg.AlignedMTL),
         Method("graddrop", {}, ("GradDrop", {"leak": 0.0}, (True,)), agg.GradDrop),
-        Method("gradvac", {"beta": 0.01}, ("GradVac", {"beta": 0.01}, (False,)), agg.GradVac),
-        Method("upgrad", {}, None, agg.UPGrad),
+        Method("gradvac", {"beta": 0.01}, ("GradVac", gradvac, (False,)), agg.GradVac),
+        Method(
+            "upgrad",
+            {},
+            ("UPGrad", {"UPGrad_norm_eps": 1e-4, "UPGrad_reg_eps": 1e-4}, (False,))
+            if main
+            else None,
+            agg.UPGrad,
+        ),
     ]
 
 
@@ -291,6 +331,8 @@ def build_variants(
                 missing[(m.name, col)] = f"fails ({type(err).__name__})"
                 print(f"[{m.name} / {col}] fails: {type(err).__name__}: {err}", file=sys.stderr)
                 continue
+            # a variant that skips the encoder would look cheap: refuse to time it
+            assert_encoder_gradient(v.shared, f"{m.name} / {col}")
             variants.append(v)
     return variants, missing
 
@@ -368,24 +410,19 @@ def _compare(
 
 # ----------------------------------------------------------------------------------- timing
 def time_variants(
-    plain: Variant, variants: list[Variant], rounds: int, warmup: int
-) -> tuple[list[float], float]:
-    """Median per-round ratio to the plain step for every variant, and the plain median ms."""
-    everyone = [plain, *variants]
-    n = len(everyone)
-    for _ in range(warmup):
-        for v in everyone:
-            v.step()
-    times: list[list[float]] = [[] for _ in everyone]
-    for r in range(rounds):
-        for j in range(n):
-            i = (j + r) % n
-            t0 = time.perf_counter()
-            everyone[i].step()
-            times[i].append(time.perf_counter() - t0)
-    base = times[0]
-    ratios = [statistics.median(t / p for t, p in zip(ts, base, strict=True)) for ts in times[1:]]
-    return ratios, statistics.median(base) * 1e3
+    plain: Variant, control: Variant, variants: list[Variant], rounds: int, warmup: int
+) -> tuple[list[float], float, float]:
+    """Median per-round ratio to the plain step for every variant, the plain median ms, and
+    the ratio of ``control`` (a second, identical plain step: must come out near 1.00).
+
+    Every round runs all steps in a freshly shuffled order (:mod:`_timing`): with the former
+    rotated cyclic order the plain step was always preceded by the same variant (TorchJD's
+    UPGrad), and the representation backend came out *cheaper* than the plain step.
+    """
+    everyone = [plain, control, *variants]
+    times = interleaved_times([v.step for v in everyone], rounds, warmup)
+    ratios = median_ratios(times)
+    return ratios[2:], statistics.median(times[0]) * 1e3, ratios[1]
 
 
 def _machine() -> str:
@@ -412,6 +449,8 @@ def _versions() -> str:
     for pkg in ("LibMTL", "torchjd", "cvxpy", "torchvision"):
         try:
             out.append(f"{pkg} {version(pkg)}")
+            if pkg == "LibMTL":
+                out[-1] += f" ({libmtl_release()})"
         except PackageNotFoundError:
             out.append(f"{pkg} ?")
     return ", ".join(out)
@@ -440,9 +479,11 @@ def main(argv: list[str] | None = None) -> None:
     columns = tuple(c for c in COLUMNS if args.columns is None or c in args.columns)
 
     check = correctness(base, x, ys, methods, columns)
-    plain = plain_variant(base, x, ys)
+    plain, control = plain_variant(base, x, ys), plain_variant(base, x, ys)
     variants, missing = build_variants(base, x, ys, methods, columns)
-    ratios, plain_ms = time_variants(plain, variants, args.rounds, args.warmup)
+    ratios, plain_ms, control_ratio = time_variants(
+        plain, control, variants, args.rounds, args.warmup
+    )
     cell = {(v.method, v.column): f"{r:.2f}x" for v, r in zip(variants, ratios, strict=True)}
     cell.update(missing)
 
@@ -457,10 +498,13 @@ def main(argv: list[str] | None = None) -> None:
         *([args.note, ""] if args.note else []),
         f"LeNet (2 conv + 1 FC shared, 2 linear 10-class heads), 28x28x1, batch "
         f"{args.batch_size}, SGD; one model copy and optimiser per variant; {args.rounds} "
-        f"interleaved rounds (order rotated each round) after {args.warmup} warm-up rounds; "
-        f"median of per-round ratios to the plain step (`sum(losses).backward(); opt.step()`, "
-        f"median {plain_ms:.1f} ms). `n/a`: the library has no such method (or not in that "
-        f"mode); `fails`: it raises on this 2-task problem (see below).",
+        f"interleaved rounds (order shuffled afresh each round) after {args.warmup} warm-up "
+        f"rounds; median of per-round ratios to the plain step (`sum(losses).backward(); "
+        f"opt.step()`, median {plain_ms:.1f} ms). Control: a second, identical plain step "
+        f"timed the same way came out at {control_ratio:.2f}x (the timing method's own bias "
+        f"and noise). `n/a`: the library has no such method (or not in that mode); `fails`: "
+        f"it raises on this 2-task problem (see below). Every timed variant was checked to "
+        f"write a finite, non-zero gradient into every shared (encoder) parameter.",
         "",
         "| method | " + " | ".join(columns) + " |",
         "|---|" + "---:|" * len(columns),
@@ -473,15 +517,17 @@ def main(argv: list[str] | None = None) -> None:
         "Notes:",
         "",
         *notes,
-        "* LibMTL 1.1.5 (the PyPI release) has no Nash-MTL, Aligned-MTL or UPGrad; its "
-        "`rep_grad=False` mode computes one `loss.backward(retain_graph=True)` per task and "
-        "copies `.grad` into a `[T, P]` matrix; GradDrop exists only with `rep_grad=True`; "
-        "PCGrad, CAGrad and GradVac only with `rep_grad=False`.",
-        "* LibMTL's CAGrad objective hard-codes `x.reshape(1, 3)` (3 tasks), so it raises on "
-        "2 tasks.",
-        "* LibMTL shims (not changes to its maths): `torchvision.models.utils` is provided for "
-        "its import, and `zero_grad_share_params` zeroes in place (torch>=2 `zero_grad()` sets "
-        "`None`, which LibMTL's `_reset_grad` cannot assign into).",
+        f"* LibMTL here: {libmtl_release()} (`main`: the GitHub branch installed from its "
+        "source tree; `1.1.5`: the PyPI wheel of December 2021, which has no Nash-MTL, "
+        "Aligned-MTL or UPGrad, and whose CAGrad hard-codes `x.reshape(1, 3)` (3 tasks) and "
+        "so raises on 2 tasks). Its `rep_grad=False` mode computes one "
+        "`loss.backward(retain_graph=True)` per task and copies `.grad` into a `[T, P]` "
+        "matrix; GradDrop exists only with `rep_grad=True`; PCGrad, CAGrad, GradVac, "
+        "Nash-MTL and UPGrad only with `rep_grad=False`.",
+        "* LibMTL shims (not changes to its maths): `torchvision.models.utils` (1.1.5) and "
+        "`torch_geometric` (main) are provided for its import, and `zero_grad_share_params` "
+        "zeroes in place (torch>=2 `zero_grad()` sets `None`, which LibMTL's `_reset_grad` "
+        "cannot assign into).",
         "* TorchJD's full step is `mtl_backward` (heads: one gradient per task; shared: the "
         "Jacobian w.r.t. the features pushed through the backbone with one vmapped backward) "
         "then `jac_to_grad`.",

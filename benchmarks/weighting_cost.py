@@ -3,8 +3,12 @@
 Same model (a LeNet-style shared CNN with two 10-class heads on 28x28 greyscale), same batch
 (256), ``torch.set_num_threads(2)``; every configuration has its own identically initialised
 copy of the model and optimiser. Repetitions are interleaved (one step of every configuration
-per round) so that drift in machine load hits all configurations alike; the reported number
-is the median over rounds of ``step time / plain step time of the same round``.
+per round, in an order shuffled afresh each round, see ``_timing.py``) so that drift in
+machine load hits all configurations alike and no configuration always follows the same one;
+the reported number is the median over rounds of ``step time / plain step time of the same
+round``. A second plain step is timed as a control (its ratio must be near 1.00), and every
+configuration is checked to give every encoder parameter a finite, non-zero gradient before
+it is timed.
 
 Usage::
 
@@ -18,12 +22,12 @@ import copy
 import os
 import platform
 import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _timing import interleaved_times, median_ratios
 from torch import Tensor, nn
 
 from mtl.models.base import MultiTaskModel
@@ -63,6 +67,22 @@ class LeNetMTL(MultiTaskModel):
 
 
 Step = Callable[[], None]
+
+
+def assert_encoder_gradient(params: Iterable[Tensor], what: str) -> None:
+    """Raise unless every shared (encoder) parameter holds a finite, non-zero ``.grad``.
+
+    A backend that skipped the backbone would look cheaper than a plain step; this is the
+    check that no timed variant does so.
+    """
+    for i, p in enumerate(params):
+        if p.grad is None:
+            raise AssertionError(f"{what}: encoder parameter {i} {tuple(p.shape)} got no gradient")
+        if not bool(torch.isfinite(p.grad).all()) or not bool(p.grad.ne(0).any()):
+            raise AssertionError(
+                f"{what}: encoder parameter {i} {tuple(p.shape)} expected a finite, non-zero "
+                f"gradient, found norm {float(p.grad.norm())}"
+            )
 
 
 def make_plain_step(model: LeNetMTL, x: Tensor, ys: list[Tensor]) -> Step:
@@ -131,39 +151,34 @@ def main(argv: list[str] | None = None) -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     configs: list[tuple[str, str, str, str]] = []  # (method, level, backend, passes)
-    steps: list[Step] = [make_plain_step(copy.deepcopy(base), x, ys)]
+    models = [copy.deepcopy(base), copy.deepcopy(base)]  # plain, plain control
+    steps: list[Step] = [make_plain_step(m, x, ys) for m in models]
     for method in args.methods or list_weightings():
         cls = get_weighting_class(method)
         for backend in cls.backends if cls.level == "gradient" else ("-",):
             w = create_weighting(method, 2)
             passes = backward_passes(w, backend if backend != "-" else "full")
-            configs.append((method, cls.level, backend, passes))
-            steps.append(
-                make_mtl_step(
-                    copy.deepcopy(base), x, ys, method, "full" if backend == "-" else backend
-                )
-            )
+            variants = [(backend, True)]
             if args.loop and backend == "full":
-                configs.append((method, cls.level, "full (loop)", "T"))
-                steps.append(make_mtl_step(copy.deepcopy(base), x, ys, method, "full", False))
+                variants.append(("full (loop)", False))
+            for label, vmapped in variants:
+                configs.append((method, cls.level, label, passes if vmapped else "T"))
+                models.append(copy.deepcopy(base))
+                steps.append(make_mtl_step(
+                    models[-1], x, ys, method, "full" if backend == "-" else backend, vmapped
+                ))  # fmt: skip
 
-    for _ in range(args.warmup):
-        for step in steps:
-            step()
-    times: list[list[float]] = [[] for _ in steps]
-    for _ in range(args.rounds):
-        for i, step in enumerate(steps):
-            sync()
-            t0 = time.perf_counter()
-            step()
-            sync()
-            times[i].append(time.perf_counter() - t0)
-    plain = times[0]
-    plain_ms = statistics.median(plain) * 1e3
-    rows = []
-    for cfg, ts in zip(configs, times[1:], strict=True):
-        ratio = statistics.median(t / p for t, p in zip(ts, plain, strict=True))
-        rows.append((*cfg, ratio, statistics.median(ts) * 1e3))
+    for i, (step, model) in enumerate(zip(steps, models, strict=True)):
+        step()  # probe: the backbone must really receive a gradient
+        what = "plain" if i < 2 else " / ".join(configs[i - 2][::2])
+        assert_encoder_gradient(model.shared_parameters(), what)
+    times = interleaved_times(steps, args.rounds, args.warmup, sync=sync)
+    ratios = median_ratios(times)
+    plain_ms = statistics.median(times[0]) * 1e3
+    rows = [
+        (*cfg, ratio, statistics.median(ts) * 1e3)
+        for cfg, ratio, ts in zip(configs, ratios[2:], times[2:], strict=True)
+    ]
 
     lines = [
         "# Weighting cost: step time relative to a plain PyTorch step",
@@ -171,9 +186,10 @@ def main(argv: list[str] | None = None) -> None:
         f"LeNet-style shared CNN, 2 classification heads, 28x28x1, batch {args.batch_size}, "
         f"SGD; torch {torch.__version__}, device {_describe(device)}, "
         f"{args.threads} intra-op threads"
-        f"; {args.rounds} interleaved rounds after {args.warmup} warm-up rounds; median of "
-        f"per-round ratios. Plain step (`loss = sum(losses); loss.backward(); opt.step()`): "
-        f"{plain_ms:.1f} ms.",
+        f"; {args.rounds} interleaved rounds (order shuffled each round) after {args.warmup} "
+        f"warm-up rounds; median of per-round ratios. Plain step (`loss = sum(losses); "
+        f"loss.backward(); opt.step()`): {plain_ms:.1f} ms; a second plain step timed as a "
+        f"control: {ratios[1]:.2f}x.",
         "",
         "| method | level | backend | backward passes | ratio to plain | step ms |",
         "|---|---|---|---|---:|---:|",

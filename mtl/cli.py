@@ -94,7 +94,7 @@ def cmd_augment(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from mtl.augment import augment, load_split, preview_grid
-    from mtl.data.select import SPLITS
+    from mtl.schema import SPLITS
 
     p = _params(args)
     selected, out = Path(args.selected), Path(args.out)

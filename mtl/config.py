@@ -58,6 +58,7 @@ __all__ = [
     "IngestConfig",
     "Params",
     "SelectConfig",
+    "SweepConfig",
     "TaskConfig",
     "TrainConfig",
     "load_params",
@@ -482,6 +483,15 @@ class EvaluateConfig(_Section):
 
 
 @dataclass(frozen=True, config=_CONFIG)
+class SweepConfig(_Section):
+    """``python -m flows.sweep`` settings (read by the sweep flow; no DVC stage reads them)."""
+
+    # --promote applies the best run only if its validation score beats the workspace model's
+    # by at least this much (same units as the validation score: mean task score).
+    promote_margin: NonNegFloat = 0.005
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class Params(_Section):
     """All sections of ``params.yaml``."""
 
@@ -492,6 +502,7 @@ class Params(_Section):
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+    sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -621,7 +632,7 @@ def _message(err: Any) -> str:
                 "model_attributes_type", "dataclass_args_type"):
         return f"expected a mapping, found {_show(found)}"
     if kind == "too_short" and not found:
-        return "expected a non-empty list, found none" if isinstance(
+        return "expected a non-empty list, found an empty list" if isinstance(
             found, (list, tuple)) else f"expected a non-empty string, found {found!r}"
     if kind == "string_too_short":
         return f"expected a non-empty string, found {found!r}"
@@ -637,6 +648,8 @@ def _problem_lines(err: Any) -> list[str]:
                 for key, msg in err["ctx"]["problems"]]
     if err["type"] == "missing" and loc == ("dataset",):
         return [f"{_path(loc)}: required section is missing"]
+    if err["type"] == "too_short" and loc == ("dataset", "tasks"):
+        return [f"{_path(loc)}: expected at least one task, found an empty list"]
     return [f"{_path(loc)}: {_message(err)}"]
 
 

@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mtl.augment.pipeline import resize_image
 from mtl.checkpoint import load_checkpoint
-from mtl.data.images import load_image
+from mtl.data.images import load_image, resize_image
 from mtl.data.io import DataError
 from mtl.device import select_device
 from mtl.inference import predict, prediction_columns

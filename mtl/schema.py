@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-__all__ = ["TaskKind", "TaskSchema"]
+__all__ = ["SPLITS", "TaskKind", "TaskSchema"]
+
+
+#: The dataset splits, in the order the stages write them.
+SPLITS = ("train", "val", "test")
 
 
 class TaskKind(str, Enum):

@@ -237,6 +237,9 @@ def train_one_epoch(loop: TrainLoop, data: SplitData) -> EpochStats:
     cos_sum: dict[str, float] = {}
     cos_n = 0
     micro, seen, start = 0, 0, time.perf_counter()
+    # this optimiser step's per-task loss sums and micro-batch counts (step_end once per step)
+    step_sum = torch.zeros(t_count, dtype=torch.float64, device=loop.device)
+    step_n = torch.zeros(t_count, dtype=torch.float64, device=loop.device)
     batches = list(_batches(len(data), cfg.batch_size, loop.generator, loop.dist))
     loop.optimizer.zero_grad(set_to_none=True)
     for i, idx in enumerate(batches):
@@ -250,7 +253,7 @@ def train_one_epoch(loop: TrainLoop, data: SplitData) -> EpochStats:
         losses, present = _losses(loop, outputs, ys)
         if cfg.log_conflict_every and t_count > 1 and loop.step % cfg.log_conflict_every == 0 \
                 and micro == 0 and loop.dist.world_size == 1:
-            cos = task_gradient_cosine(losses, present, shared)  # [T, T], NaN if absent
+            cos = task_gradient_cosine(losses, present, shared).cpu()  # [T, T], NaN: absent; 1 sync
             for a, b in combinations(range(t_count), 2):
                 key = f"{tasks[a].name}~{tasks[b].name}"
                 if not math.isnan(float(cos[a, b])):
@@ -264,20 +267,27 @@ def train_one_epoch(loop: TrainLoop, data: SplitData) -> EpochStats:
                                representation=z, backend=cfg.backend,
                                loss_scale=scale / cfg.grad_accum)
         _sync_weighting_grads(loop)
+        step_sum += losses.detach().double() * present
+        step_n += present
         micro += 1
         if micro == cfg.grad_accum or i == len(batches) - 1:
             _optimizer_step(loop)
             micro = 0
-        mean_losses = loop.dist.mean(losses.detach())
-        loop.weighting.step_end(mean_losses, present)
+            # once per optimiser step, on the losses of all its micro-batches (and ranks)
+            step_mean, step_present = _present_mean(loop.dist, step_sum, step_n)
+            loop.weighting.step_end(step_mean.to(losses.dtype), step_present)
+            step_sum.zero_()
+            step_n.zero_()
         pres = present.detach().cpu().double()
         loss_sum += losses.detach().cpu().double() * pres
         weight_sum += w.detach().cpu().double() * pres
         count += pres
         seen += len(idx) * loop.dist.world_size
     elapsed = time.perf_counter() - start
-    mean_loss = loop.dist.mean((loss_sum / count.clamp(min=1)).to(loop.device)).cpu()
-    loop.weighting.epoch_end(mean_loss.float().to(loop.device), (count > 0).to(loop.device))
+    mean_loss, seen_task = _present_mean(loop.dist, loss_sum.to(loop.device),
+                                         count.to(loop.device))
+    loop.weighting.epoch_end(mean_loss.float(), seen_task)
+    mean_loss = mean_loss.cpu()
     return EpochStats(
         loss={t.name: float(mean_loss[i]) for i, t in enumerate(tasks)},
         weights={t.name: float(weight_sum[i] / max(float(count[i]), 1.0))
@@ -286,6 +296,19 @@ def train_one_epoch(loop: TrainLoop, data: SplitData) -> EpochStats:
         images_per_second=seen / elapsed if elapsed > 0 else math.nan,
         steps=len(batches),
     )
+
+
+def _present_mean(dist_: Distributed, sums: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Per task, the mean of ``sums / counts`` over every process (``[T]`` each): a task counts
+    only where it was present, so a rank (or micro-batch) without its label adds no zero, and
+    every rank gets the same values (identical weighting state under DDP). Returns the means
+    (0 where never present) and ``counts > 0``."""
+    if dist_.world_size > 1:
+        both = torch.stack([sums, counts])  # one all-reduce for both
+        dist.all_reduce(both)
+        sums, counts = both[0], both[1]
+    present = counts > 0
+    return torch.where(present, sums / counts.clamp(min=1), torch.zeros_like(sums)), present
 
 
 def _sync_weighting_grads(loop: TrainLoop) -> None:
@@ -433,6 +456,17 @@ def _build_loop(tasks: Sequence[TaskSchema], cfg: TrainConfig, in_channels: int,
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     weighting = create_weighting(cfg.weighting, len(tasks), **cfg.weighting_kwargs).to(device)
+    if weighting.level == "gradient" and cfg.backend not in weighting.backends:
+        raise ValueError(f"train.backend={cfg.backend!r} is not supported by train.weighting="
+                         f"{cfg.weighting!r}; expected one of {list(weighting.backends)}")
+    if (weighting.level == "gradient" and cfg.backend == "representation"
+            and not model.supports_representation):
+        raise ValueError(
+            f"train.backend='representation' needs one representation shared by every task, "
+            f"but train.architecture={cfg.architecture!r} gives each task its own "
+            "(supports_representation is False): its task gradients would be orthogonal by "
+            "construction and parameters below it would get their gradient twice. Use "
+            "train.backend: full.")
     ddp: nn.Module | None = None
     if dist_.world_size > 1:
         if weighting.level != "loss":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,12 @@ FASHION_DIR = REPO_ROOT.parent / "shared" / "datasets" / "fashion-product"
 
 # Two cores in CI: keep torch from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Prefect's temporary API server creates and migrates a fresh SQLite database for each
+# prefect_test_harness; on a loaded 2-core machine that takes longer than Prefect's default 20 s
+# start-up timeout. Set before anything imports prefect (its settings are read at import); the
+# Makefile exports the same value for `make run` / `make test`.
+PREFECT_STARTUP_TIMEOUT_S = "600"
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", PREFECT_STARTUP_TIMEOUT_S)
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
@@ -63,6 +69,20 @@ def make_dataset(tmp_path: Path) -> Callable[..., tuple[DatasetConfig, Path]]:
         return cfg, root
 
     return make
+
+
+@pytest.fixture
+def prefect_server() -> Iterator[str]:
+    """A real temporary Prefect API server (fresh database) for one test; yields its API URL.
+
+    Its start-up timeout is PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (set above), not
+    a shorter hard-coded one, so a loaded machine delays the test instead of failing it.
+    """
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=None):
+        yield str(PREFECT_API_URL.value())
 
 
 @pytest.fixture

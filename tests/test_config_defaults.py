@@ -55,7 +55,7 @@ def _defaults(cls: type, prefix: str = "") -> dict[str, Any]:
 
 def test_every_section_is_checked() -> None:
     assert set(_sections()) == {"dataset", "ingest", "clean", "select", "augment", "train",
-                                "evaluate"}
+                                "evaluate", "sweep"}
     assert all(cls is not None for cls in _sections().values())
 
 

@@ -15,9 +15,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from mtl.config import AugmentConfig
-from mtl.data.clean import resolve_image_path
-from mtl.data.images import load_image
+from mtl.data.images import load_image, resize_image
 from mtl.data.io import read_json, write_json
+from mtl.data.paths import resolve_image_path
 
 __all__ = [
     "AugmentResult", "augment", "build_transform", "load_split", "preview_grid", "resize_image",
@@ -56,16 +56,6 @@ def build_transform(specs: Sequence[Mapping[str, Any]], seed: int | None = None)
     if seed is not None:
         transform.set_random_seed(seed)
     return transform
-
-
-def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``[H, W, C]`` uint8 -> ``[h, w, C]``: the one resize used for training and prediction."""
-    h, w = size
-    if img.shape[:2] == (h, w):
-        return img
-    pil = Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
-    out = np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0))
-    return out[:, :, None] if out.ndim == 2 else out
 
 
 def _samples(frame: pd.DataFrame, root: Path, mode: str, size: tuple[int, int],

@@ -7,7 +7,8 @@ Before any row is looked at, the labels table is validated as a whole (``validat
 missing columns, task columns whose values mostly do not parse (a wrong type, usually a wrong
 column), and declared feature columns of the wrong type are all reported in one ``DataError``.
 
-Reject reasons (first one that applies wins, in this order):
+Reject reasons (first one that applies wins, in this order; an id belongs to the first row with
+that id that passes every row and file check, so a rejected row never claims its id):
 
 ``missing_id``, ``duplicate_id``, ``missing_path``, ``invalid_path``, ``path_outside_dataset``,
 ``bad_split``, ``no_labels``, ``missing_file``, ``unreadable_file``, ``not_a_file``,
@@ -19,7 +20,10 @@ A label that cannot be used for one task (see ``mtl.data.labels``) becomes missi
 only and is recorded in ``label_issues``; the row stays if another task still has a label.
 Label-issue reasons: ``not_a_number``, ``not_finite``, ``not_binary``, ``undeclared_class``,
 ``conflicting_duplicate``, ``hierarchy_violation`` (parent set missing), ``hierarchy_relabelled``
-(parent replaced by the child's majority parent).
+(parent replaced by the child's majority parent; a tie has no majority and is only reported).
+
+Dropped exact duplicates hand the labels the kept copy lacks to it. Feature cells that are empty
+or one of ``dataset.missing_values`` are missing (``None``) in the manifest.
 
 Near duplicates (pHash Hamming distance <= ``clean.near_duplicate_distance``) are kept but
 grouped: the manifest's ``group`` column (smallest ``row`` of the group) lets the select stage
@@ -44,13 +48,16 @@ from tqdm import tqdm
 
 from mtl.config import CleanConfig, DatasetConfig
 from mtl.data.dedup import hamming, near_duplicate_groups, parse_hashes
+from mtl.data.features import FEATURE_PREFIX
 from mtl.data.images import ImageCheck, inspect_image
 from mtl.data.io import DataError, read_labels_table
 from mtl.data.labels import LabelNormaliser
+from mtl.data.paths import resolve_image_path
+from mtl.schema import TaskKind
 
 __all__ = [
-    "FEATURE_PREFIX", "LABEL_ISSUE_REASONS", "REJECT_REASONS", "CleanResult", "clean",
-    "feature_sources", "normalise_split", "resolve_image_path", "validate_schema",
+    "LABEL_ISSUE_REASONS", "REJECT_REASONS", "CleanResult", "clean", "feature_sources",
+    "normalise_split", "validate_schema",
 ]
 
 REJECT_REASONS = (
@@ -63,9 +70,6 @@ LABEL_ISSUE_REASONS = (
     "not_a_number", "not_finite", "not_binary", "undeclared_class", "conflicting_duplicate",
     "hierarchy_violation", "hierarchy_relabelled",
 )
-# Raw feature cells travel in the manifest under this prefix, so a user column can never
-# collide with the manifest's own columns (row, id, image, width, …).
-FEATURE_PREFIX = "src__"
 
 _SPLIT_SYNONYMS = {
     "train": "train", "training": "train", "trn": "train",
@@ -103,19 +107,6 @@ def normalise_split(value: str | None) -> str | None:
     if value is None:
         return None
     return _SPLIT_SYNONYMS.get(value.strip().lower())
-
-
-def resolve_image_path(root: Path, rel: str) -> Path | None:
-    """Absolute path of ``rel`` inside ``root``; ``None`` when it (or a symlink) escapes ``root``.
-
-    Raises ``OSError``/``RuntimeError``/``ValueError`` for a path that cannot be resolved at all
-    (a symlink loop, an embedded NUL byte).
-    """
-    if os.path.isabs(rel):
-        return None
-    real_root = root.resolve()
-    candidate = (root / rel).resolve()
-    return candidate if candidate.is_relative_to(real_root) else None
 
 
 def feature_sources(table_columns: list[str], dataset: DatasetConfig) -> dict[str, str]:
@@ -167,9 +158,10 @@ def validate_schema(table: pd.DataFrame, dataset: DatasetConfig, cfg: CleanConfi
         problems.append(f"the table has columns {list(table.columns)}")
     if len(table) == 0:
         problems.append("the table has a header but no data rows")
-    missing_tokens = dataset.missing_values
+    missing_tokens = {m.strip().casefold() for m in dataset.missing_values}
     for t in dataset.tasks:
-        if t.column not in table.columns or (t.kind == "multiclass" and t.classes is None):
+        if t.column not in table.columns or (
+                TaskKind(t.kind) is TaskKind.MULTICLASS and t.classes is None):
             continue
         norm = LabelNormaliser.fit(t, table[t.column], missing_tokens)
         bad_rows: list[int] = []
@@ -182,8 +174,8 @@ def validate_schema(table: pd.DataFrame, dataset: DatasetConfig, cfg: CleanConfi
                 bad_rows.append(row)
                 bad_values.append(raw)
         if len(bad_rows) >= 2 and len(bad_rows) > cfg.max_bad_label_fraction * n_present:
-            what = {"regression": "numbers", "binary": "binary values"}.get(
-                t.kind, f"declared classes {list(t.classes or ())}")
+            what = {TaskKind.REGRESSION: "numbers", TaskKind.BINARY: "binary values"}.get(
+                TaskKind(t.kind), f"declared classes {list(t.classes or ())}")
             problems.append(
                 f"column {t.column!r} (task {t.name!r}, {t.kind}): {len(bad_rows)} of "
                 f"{n_present} non-empty values are not {what} "
@@ -194,7 +186,7 @@ def validate_schema(table: pd.DataFrame, dataset: DatasetConfig, cfg: CleanConfi
             continue
         bad_rows, bad_values, n_present = [], [], 0
         for row, raw in enumerate(table[col]):
-            if raw is None or not raw.strip():
+            if _feature_cell(raw, missing_tokens) is None:
                 continue
             n_present += 1
             try:
@@ -260,9 +252,14 @@ def clean(dataset: DatasetConfig, cfg: CleanConfig) -> CleanResult:
     normalisers = {t.name: LabelNormaliser.fit(t, table[t.column], dataset.missing_values)
                    for t in dataset.tasks}
 
+    missing_tokens = {m.strip().casefold() for m in dataset.missing_values}
     col = _Collector()
-    seen_ids: dict[str, int] = {}
+    # Row checks that fail are held back (``pending``) until the ids are settled: a row that
+    # is rejected does not claim its id, so a later valid row with the same id is kept.
+    pending: dict[int, tuple[str, str]] = {}
+    row_ids: dict[int, str] = {}
     to_decode: list[tuple[dict[str, Any], Path]] = []
+    labelled: list[tuple[dict[str, Any], list[tuple[str, Any, str]]]] = []
 
     for row, rec in enumerate(table.to_dict("records")):
         raw_id = rec.get(dataset.id_column)
@@ -270,67 +267,84 @@ def clean(dataset: DatasetConfig, cfg: CleanConfig) -> CleanResult:
         if not sample_id:
             col.reject(row, "missing_id", f"column {dataset.id_column!r} is empty")
             continue
-        if sample_id in seen_ids:
-            col.reject(row, "duplicate_id",
-                       f"id {sample_id!r} already used by row {seen_ids[sample_id]}")
-            continue
-        seen_ids[sample_id] = row
+        row_ids[row] = sample_id
         if dataset.image_template is not None:
             rel: str | None = dataset.image_template.format(id=sample_id)
         else:
             cell = rec.get(dataset.image_column or "")
             rel = cell.strip() if isinstance(cell, str) and cell.strip() else None
         if rel is None:
-            col.reject(row, "missing_path", f"column {dataset.image_column!r} is empty")
+            pending[row] = ("missing_path", f"column {dataset.image_column!r} is empty")
             continue
         try:
             path = resolve_image_path(root, rel)
         except (OSError, RuntimeError, ValueError) as exc:
-            col.reject(row, "invalid_path", f"{rel!r} cannot be resolved: {exc}")
+            pending[row] = ("invalid_path", f"{rel!r} cannot be resolved: {exc}")
             continue
         if path is None:
-            col.reject(row, "path_outside_dataset",
-                       f"{rel!r} resolves outside dataset.dir {str(root)!r}")
+            pending[row] = ("path_outside_dataset",
+                            f"{rel!r} resolves outside dataset.dir {str(root)!r}")
             continue
         out: dict[str, Any] = {"row": row, "id": sample_id, "image": rel}
         if dataset.split_column is not None:
             split = normalise_split(rec.get(dataset.split_column))
             if split is None:
-                col.reject(row, "bad_split", f"column {dataset.split_column!r} has "
+                pending[row] = ("bad_split", f"column {dataset.split_column!r} has "
                                              f"{rec.get(dataset.split_column)!r}; expected "
                                              "train, val or test")
                 continue
             out["split"] = split
         n_labels = 0
+        row_issues: list[tuple[str, Any, str]] = []
         for t in dataset.tasks:
             value, issue = normalisers[t.name](rec.get(t.column))
             if issue is not None:
-                col.issue(out, t.name, rec.get(t.column), issue,
-                          f"column {t.column!r}")
+                row_issues.append((t.name, rec.get(t.column), issue))
             out[t.name] = value
             n_labels += value is not None
+        labelled.append((out, row_issues))
         if n_labels == 0:
-            col.reject(row, "no_labels", "no task has a usable label: "
-                       + ", ".join(f"{t.column}={rec.get(t.column)!r}" for t in dataset.tasks))
+            pending[row] = ("no_labels", "no task has a usable label: " + ", ".join(
+                f"{t.column}={rec.get(t.column)!r}" for t in dataset.tasks))
             continue
         if dataset.group_column is not None:
             g = rec.get(dataset.group_column)
             out["user_group"] = g.strip() if isinstance(g, str) and g.strip() else None
         for c in features:
-            out[FEATURE_PREFIX + c] = rec.get(c)
+            out[FEATURE_PREFIX + c] = _feature_cell(rec.get(c), missing_tokens)
         to_decode.append((out, path))
 
-    decoded: list[dict[str, Any]] = []
+    passed: list[dict[str, Any]] = []
     checks = _decode_all([p for _, p in to_decode], cfg)
     for (out, _), check in tqdm(zip(to_decode, checks, strict=True), total=len(to_decode),
                                 desc="clean: decoding images", unit="img", mininterval=1.0):
         if check.reason is not None:
-            col.reject(out["row"], check.reason, check.detail)
+            pending[out["row"]] = (check.reason, check.detail)
             continue
         out.update(width=check.width, height=check.height, source_mode=check.source_mode,
                    content_hash=check.content_hash, phash=check.phash)
-        decoded.append(out)
+        passed.append(out)
     del to_decode
+
+    # An id belongs to the first row with that id that passes every row and file check; every
+    # other row with the id is a duplicate_id (the first reason in the documented order).
+    owner: dict[str, int] = {}
+    for out in passed:
+        owner.setdefault(out["id"], out["row"])
+    decoded = [out for out in passed if owner[out["id"]] == out["row"]]
+    pending.update({out["row"]: ("duplicate_id", "") for out in passed
+                    if owner[out["id"]] != out["row"]})
+    for row, (reason, detail) in sorted(pending.items()):
+        first = owner.get(row_ids[row])
+        if first is not None and first != row:
+            reason, detail = "duplicate_id", (
+                f"id {row_ids[row]!r} belongs to row {first} (the first row with this id that "
+                "passes the row and file checks)")
+        col.reject(row, reason, detail)
+    for out, issues in labelled:  # label issues of every row read, except duplicate ids
+        if col.rejects.get(out["row"], ("",))[0] != "duplicate_id":
+            for task, value, issue in issues:
+                col.issue(out, task, value, issue, f"column {_task_column(dataset, task)!r}")
 
     kept, dup_report = _exact_duplicates(decoded, dataset, cfg, col)
     kept, hier_report = _hierarchy(kept, dataset, cfg, col)
@@ -358,6 +372,18 @@ def clean(dataset: DatasetConfig, cfg: CleanConfig) -> CleanResult:
     return CleanResult(manifest, rejects_df, issues_df, report, near_df)
 
 
+def _task_column(dataset: DatasetConfig, task: str) -> str:
+    return next(t.column for t in dataset.tasks if t.name == task)
+
+
+def _feature_cell(raw: str | None, missing_tokens: set[str]) -> str | None:
+    """A feature cell as offered to select: empty cells and ``dataset.missing_values`` are
+    missing (``None``), anything else stays exactly as written."""
+    if raw is None or not raw.strip() or raw.strip().casefold() in missing_tokens:
+        return None
+    return raw
+
+
 def _label_conflicts(members: list[dict[str, Any]], dataset: DatasetConfig) -> dict[str, list[Any]]:
     """Tasks on which the members carry two or more different (non-missing) labels."""
     out: dict[str, list[Any]] = {}
@@ -375,7 +401,7 @@ def _exact_duplicates(decoded: list[dict[str, Any]], dataset: DatasetConfig, cfg
     for out in decoded:
         by_hash[out["content_hash"]].append(out)
     drop: set[int] = set()
-    n_groups = n_conflicting = 0
+    n_groups = n_conflicting = n_merged = 0
     for members in by_hash.values():
         if len(members) < 2:
             continue
@@ -397,10 +423,23 @@ def _exact_duplicates(decoded: list[dict[str, Any]], dataset: DatasetConfig, cfg
                 col.issue(first, task, first[task], "conflicting_duplicate",
                           f"identical images disagree ({what})")
                 first[task] = None
+        # Labels the kept copy lacks are taken from the dropped copies (tasks without a
+        # conflict only), so dropping an identical image never loses a label.
+        donated: dict[int, list[str]] = defaultdict(list)
+        for t in dataset.tasks:
+            if first[t.name] is not None or t.name in conflicts:
+                continue
+            donor = next((m for m in members[1:] if m[t.name] is not None), None)
+            if donor is not None:
+                first[t.name] = donor[t.name]
+                donated[donor["row"]].append(f"{t.name}={donor[t.name]!r}")
+                n_merged += 1
         for m in members[1:]:
+            moved = (f"; its label(s) {', '.join(donated[m['row']])} moved to the kept copy"
+                     if m["row"] in donated else "")
             col.reject(m["row"], "duplicate_image",
                        f"same pixels as id {first['id']!r} (row {first['row']}); labels "
-                       + (f"conflict ({what})" if conflicts else "agree"))
+                       + (f"conflict ({what})" if conflicts else "agree") + moved)
             drop.add(m["row"])
         if all(first[t.name] is None for t in dataset.tasks):
             col.reject(first["row"], "conflicting_duplicate",
@@ -409,7 +448,8 @@ def _exact_duplicates(decoded: list[dict[str, Any]], dataset: DatasetConfig, cfg
     kept = [o for o in decoded if o["row"] not in drop]
     return kept, {"exact_duplicate_groups": n_groups,
                   "exact_duplicate_groups_with_conflicting_labels": n_conflicting,
-                  "conflicting_duplicates_action": cfg.conflicting_duplicates}
+                  "conflicting_duplicates_action": cfg.conflicting_duplicates,
+                  "labels_merged_from_dropped_duplicates": n_merged}
 
 
 def _hierarchy(kept: list[dict[str, Any]], dataset: DatasetConfig, cfg: CleanConfig,
@@ -423,14 +463,26 @@ def _hierarchy(kept: list[dict[str, Any]], dataset: DatasetConfig, cfg: CleanCon
             for o in kept:
                 if o["row"] not in drop and o[child] is not None and o[parent] is not None:
                     parents[o[child]][o[parent]] += 1
-            # Majority parent per child value; ties go to the alphabetically first parent.
-            major = {c: min(cnt.items(), key=lambda kv: (-kv[1], str(kv[0])))[0]
-                     for c, cnt in parents.items()}
+            # Majority parent per child value. A tie has no majority: nothing says which parent
+            # is right, so the rows are reported (``tied``) and left as they are.
+            major: dict[Any, Any] = {}
+            tied: dict[Any, dict[Any, int]] = {}
+            for c, cnt in parents.items():
+                top = cnt.most_common()
+                if len(top) > 1 and top[0][1] == top[1][1]:
+                    tied[c] = dict(cnt)
+                else:
+                    major[c] = top[0][0]
             bad = {c: dict(cnt) for c, cnt in parents.items() if len(cnt) > 1}
-            n_rows = 0
+            n_rows = n_tied = 0
             for o in kept:
                 c, p = o[child], o[parent]
-                if o["row"] in drop or c is None or p is None or c not in bad or p == major[c]:
+                if o["row"] in drop or c is None or p is None or c not in bad:
+                    continue
+                if c in tied:
+                    n_tied += 1
+                    continue
+                if p == major[c]:
                     continue
                 n_rows += 1
                 detail = (f"{child}={c!r} belongs to {parent}={major[c]!r} in "
@@ -448,9 +500,12 @@ def _hierarchy(kept: list[dict[str, Any]], dataset: DatasetConfig, cfg: CleanCon
                 "child_values": len(parents),
                 "violating_child_values": len(bad),
                 "violating_rows": n_rows,
+                "tied_child_values": len(tied),
+                "rows_with_tied_child_values": n_tied,
                 "action": cfg.hierarchy_action,
                 "violations": {str(c): {str(k): v for k, v in cnt.items()}
                                for c, cnt in sorted(bad.items(), key=lambda kv: str(kv[0]))},
+                "ties": sorted(str(c) for c in tied),
             }
     return [o for o in kept if o["row"] not in drop], report
 
@@ -495,14 +550,18 @@ def _manifest_frame(kept: list[dict[str, Any]], dataset: DatasetConfig,
     cols += ["width", "height", "source_mode", "content_hash", "phash"]
     cols += ["user_group"] if dataset.group_column else []
     cols += [FEATURE_PREFIX + c for c in features]
-    frame = pd.DataFrame(kept, columns=cols)
+    # Label and feature columns are built as object columns of str/None directly: letting
+    # pandas infer them (pandas 3: a string dtype) would turn a missing cell into NaN.
+    as_text = {t.name for t in dataset.tasks if TaskKind(t.kind) is not TaskKind.REGRESSION}
+    as_text |= {FEATURE_PREFIX + c for c in features}
+    data: dict[str, Any] = {}
+    for c in cols:
+        values = [o.get(c) for o in kept]
+        data[c] = pd.Series(values, dtype=object) if c in as_text else pd.Series(values)
+    frame = pd.DataFrame(data, columns=cols, index=pd.RangeIndex(len(kept)))
     for t in dataset.tasks:
-        if t.kind == "regression":
+        if TaskKind(t.kind) is TaskKind.REGRESSION:
             frame[t.name] = pd.to_numeric(frame[t.name], errors="coerce").astype("float64")
-        else:
-            frame[t.name] = frame[t.name].astype(object)
-    for c in features:
-        frame[FEATURE_PREFIX + c] = frame[FEATURE_PREFIX + c].astype(object)
     return frame
 
 

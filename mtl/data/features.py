@@ -16,24 +16,29 @@ use no target information, and everything needed to re-apply them is stored in `
 Decisions, in order, each recorded with its reason and score:
 
 1. per source: ``high_missing`` (missing share > ``max_missing``), ``constant`` (at most one
-   distinct value), ``identifier_like`` (categorical, or integer numeric, with a distinct share
-   >= ``max_unique_ratio``), ``target_leak`` (the source alone predicts a task almost perfectly);
+   distinct value), ``identifier_like`` (a distinct share >= ``max_unique_ratio``: categorical,
+   or numeric integers that fill most of their range like row numbers; a measurement such as
+   a price of ``12345`` is not one), ``target_leak`` (the source alone predicts a task almost
+   perfectly);
 2. per feature: ``near_constant`` (its most common value covers >= ``max_dominance`` of train
-   rows), ``target_leak``; the rest are ranked by mutual information with each task
-   (normalised by the task's entropy) averaged over the tasks; walking down the ranking,
+   rows), ``target_leak``; the rest are ranked by adjusted mutual information (corrected for
+   chance) with each task, averaged over the tasks; walking down the ranking,
    ``duplicate`` (identical to a better feature) and ``correlated`` (|Pearson r| >=
    ``max_correlation`` with a better feature) are dropped; the first ``max_features`` are kept,
    the rest dropped as ``below_top_k``.
 
 Leakage score ("lift"): out-of-fold accuracy of predicting the task from the feature alone,
 rescaled so the majority-class baseline scores 0 and perfect prediction 1 (for regression tasks:
-out-of-fold R²). Discrete features predict the majority class of their value; numeric ones are
-cut into quantile bins first; a text source is scored with a naive Bayes model on its words.
-A score >= ``select.leakage_threshold`` is a leak.
+out-of-fold R²). Discrete features predict the majority class of their value; numeric ones
+score the best of their own distinct values, quantile bins and a 1-D k-nearest-neighbour model
+(``numeric_leak_score``); a text source is scored with a naive Bayes model on its words. A
+multilabel task scores its label sets and each label (``TaskTarget.parts``). A score >=
+``select.leakage_threshold`` is a leak.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections import Counter
@@ -43,29 +48,60 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import mutual_info_score
+from sklearn.metrics import adjusted_mutual_info_score
 
 from mtl.config import SelectConfig
+from mtl.schema import TaskKind
 
 __all__ = [
-    "FEATURE_COLUMN_PREFIX", "TOKEN_PATTERN", "FeatureSelection", "TaskTarget",
-    "apply_feature_encoders", "detect_kind", "select_features", "tokenize",
+    "FEATURE_COLUMN_PREFIX", "FEATURE_PREFIX", "TOKEN_PATTERN", "FeatureSelection", "TaskTarget",
+    "apply_feature_encoders", "detect_kind", "leak_score", "numeric_leak_score", "relevance",
+    "select_features", "text_leak_score", "tokenize",
 ]
 
 FEATURE_COLUMN_PREFIX = "f__"
+# Raw feature cells travel in the clean manifest under this prefix, so a user column can never
+# collide with the manifest's own columns (row, id, image, width, …).
+FEATURE_PREFIX = "src__"
 TOKEN_PATTERN = r"[^\W_]+"
 _TOKEN = re.compile(TOKEN_PATTERN)
 _FOLDS = 5
 _BINS = 10
+_NEIGHBOURS = 5
 
 
 @dataclass(frozen=True)
 class TaskTarget:
-    """One kept task as feature selection sees it: kind and encoded values (NaN = missing)."""
+    """One kept task as feature selection sees it: kind and encoded values (NaN = missing).
+
+    ``values``: ``[N]`` class index / 0-1 / value, or ``[N, K]`` multi-hot for a multilabel
+    task (a row of NaN = missing).
+    """
 
     name: str
-    kind: str  # multiclass | binary | regression
+    kind: TaskKind
     values: np.ndarray
+
+    def present(self) -> np.ndarray:
+        """``[N]`` bool: rows with a label."""
+        v = self.values
+        return ~np.isnan(v[:, 0] if v.ndim == 2 else v)
+
+    def parts(self) -> list[TaskTarget]:
+        """Single-label targets to score against: the task itself, or for a multilabel task
+        its label sets as classes plus each label as a binary task."""
+        if self.kind is not TaskKind.MULTILABEL:
+            return [self]
+        ok = self.present()
+        rows = [tuple(np.flatnonzero(r > 0.5)) if good else None
+                for r, good in zip(self.values, ok, strict=True)]
+        codes, _ = pd.factorize(pd.Series(rows, dtype=object), use_na_sentinel=True)
+        sets = np.where(codes >= 0, codes, np.nan).astype(np.float64)
+        out = [TaskTarget(f"{self.name}[set]", TaskKind.MULTICLASS, sets)]
+        for k in range(self.values.shape[1]):
+            out.append(TaskTarget(f"{self.name}[{k}]", TaskKind.BINARY,
+                                  np.where(ok, self.values[:, k], np.nan)))
+        return out
 
 
 @dataclass(frozen=True)
@@ -167,28 +203,35 @@ def _discrete_target(t: TaskTarget) -> np.ndarray:
     """Class index per row (regression targets cut into quantile bins); -1 = missing."""
     v = t.values
     ok = ~np.isnan(v)
-    if t.kind != "regression":
+    if t.kind is not TaskKind.REGRESSION:
         return np.where(ok, np.nan_to_num(v), -1).astype(np.int64)
     codes = _codes(v, numeric=True)
     return np.where(ok, codes, -1)
 
 
 def leak_score(codes: np.ndarray, task: TaskTarget, seed: int) -> float:
-    """Out-of-fold lift of predicting ``task`` from a discrete feature alone (0 = baseline)."""
+    """Out-of-fold lift of predicting ``task`` from a discrete feature alone (0 = baseline).
+
+    A multilabel task scores its best part (``TaskTarget.parts``): a feature that alone
+    predicts the label sets, or any one label, is a leak.
+    """
+    return max(_leak_score(codes, part, seed) for part in task.parts())
+
+
+def _leak_score(codes: np.ndarray, task: TaskTarget, seed: int) -> float:
     ok = ~np.isnan(task.values)
     x, y_raw = codes[ok], task.values[ok]
     n = len(x)
     if n < 2 * _FOLDS:
         return 0.0
     fold = _folds(n, seed)
-    if task.kind == "regression":
+    if task.kind is TaskKind.REGRESSION:
         pred = np.empty(n)
         for f in range(_FOLDS):
             tr, te = fold != f, fold == f
             s = pd.Series(y_raw[tr]).groupby(x[tr]).mean()
             pred[te] = pd.Series(x[te]).map(s).fillna(float(y_raw[tr].mean())).to_numpy()
-        sst = float(((y_raw - y_raw.mean()) ** 2).sum())
-        return float(1 - ((y_raw - pred) ** 2).sum() / sst) if sst > 0 else 0.0
+        return _r2(y_raw, pred)
     y = y_raw.astype(np.int64)
     k, c = int(y.max()) + 1, int(x.max()) + 1
     correct = base_correct = 0
@@ -199,8 +242,49 @@ def leak_score(codes: np.ndarray, task: TaskTarget, seed: int) -> float:
         majority = np.where(counts.sum(1) > 0, counts.argmax(1), overall)
         correct += int((majority[x[te]] == y[te]).sum())
         base_correct += int((y[te] == overall).sum())
-    acc, base = correct / n, base_correct / n
+    return _lift(correct / n, base_correct / n)
+
+
+def _r2(y: np.ndarray, pred: np.ndarray) -> float:
+    sst = float(((y - y.mean()) ** 2).sum())
+    return float(1 - ((y - pred) ** 2).sum() / sst) if sst > 0 else 0.0
+
+
+def _lift(acc: float, base: float) -> float:
     return float((acc - base) / (1 - base)) if base < 1 else 0.0
+
+
+def numeric_leak_score(x: np.ndarray, task: TaskTarget, seed: int) -> float:
+    """Lift of predicting ``task`` from a numeric feature ``x`` (``[N]``, NaN = missing) alone.
+
+    The best of three views, so that neither a code nor a rescaled copy hides: the feature's
+    own distinct values (a numeric code of a class), its quantile bins, and an out-of-fold
+    k-nearest-neighbour model on the values themselves (a copy in other units, or any smooth
+    function of the target, which coarse bins would blur).
+    """
+    exact, _ = pd.factorize(pd.Series(x), use_na_sentinel=False)
+    scores = [leak_score(_codes(x, True), task, seed), leak_score(exact.astype(np.int64), task,
+                                                                  seed)]
+    scores += [_knn_score(x, part, seed) for part in task.parts()]
+    return max(scores)
+
+
+def _knn_score(x: np.ndarray, task: TaskTarget, seed: int) -> float:
+    """Out-of-fold lift (classification) or R² (regression) of a 1-D k-NN on the values."""
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+
+    ok = ~np.isnan(task.values) & ~np.isnan(x)
+    xs, y = x[ok].reshape(-1, 1), task.values[ok]
+    if len(y) < 2 * _FOLDS * _NEIGHBOURS or len(np.unique(xs)) < 2:
+        return 0.0
+    cv = KFold(_FOLDS, shuffle=True, random_state=seed)
+    if task.kind is TaskKind.REGRESSION:
+        pred = cross_val_predict(KNeighborsRegressor(_NEIGHBOURS), xs, y, cv=cv)
+        return _r2(y, pred)
+    yi = y.astype(np.int64)
+    pred = cross_val_predict(KNeighborsClassifier(_NEIGHBOURS), xs, yi, cv=cv)
+    return _lift(float((pred == yi).mean()), float(np.bincount(yi).max() / len(yi)))
 
 
 def text_leak_score(texts: list[set[str]], task: TaskTarget, seed: int) -> float:
@@ -210,6 +294,8 @@ def text_leak_score(texts: list[set[str]], task: TaskTarget, seed: int) -> float
     from sklearn.model_selection import KFold, cross_val_predict
     from sklearn.naive_bayes import BernoulliNB
 
+    if task.kind is TaskKind.MULTILABEL:
+        return max(text_leak_score(texts, part, seed) for part in task.parts())
     ok = ~np.isnan(task.values)
     docs = [" ".join(sorted(t)) for t, good in zip(texts, ok, strict=True) if good]
     y = task.values[ok]
@@ -220,28 +306,35 @@ def text_leak_score(texts: list[set[str]], task: TaskTarget, seed: int) -> float
     except ValueError:  # no word appears twice: nothing to learn from
         return 0.0
     cv = KFold(_FOLDS, shuffle=True, random_state=seed)
-    if task.kind == "regression":
-        pred = cross_val_predict(Ridge(alpha=1.0), bag, y, cv=cv)
-        sst = float(((y - y.mean()) ** 2).sum())
-        return float(1 - ((y - pred) ** 2).sum() / sst) if sst > 0 else 0.0
+    if task.kind is TaskKind.REGRESSION:
+        return _r2(y, cross_val_predict(Ridge(alpha=1.0), bag, y, cv=cv))
     yi = y.astype(np.int64)
     pred = cross_val_predict(BernoulliNB(alpha=0.1), bag, yi, cv=cv)
-    base = float(np.bincount(yi).max() / len(yi))
-    acc = float((pred == yi).mean())
-    return (acc - base) / (1 - base) if base < 1 else 0.0
+    return _lift(float((pred == yi).mean()), float(np.bincount(yi).max() / len(yi)))
 
 
 def relevance(codes: np.ndarray, tasks: Sequence[TaskTarget]) -> dict[str, float]:
-    """Mutual information with each task divided by the task's entropy (0 = useless, 1 = exact)."""
+    """Adjusted mutual information (Vinh, Epps & Bailey 2010) between the discretised feature
+    and each task: 0 for a feature no better than chance, 1 for a perfect one.
+
+    Plain mutual information grows with the number of distinct values even for noise (a
+    10-bin numeric column beat an informative flag); the adjustment subtracts the mutual
+    information expected by chance. A multilabel task scores the mean over its labels.
+    """
     out: dict[str, float] = {}
     for t in tasks:
-        y = _discrete_target(t)
-        ok = y >= 0
-        if ok.sum() < 2:
-            out[t.name] = 0.0
-            continue
-        h = float(mutual_info_score(y[ok], y[ok]))
-        out[t.name] = float(mutual_info_score(codes[ok], y[ok]) / h) if h > 0 else 0.0
+        parts = t.parts()
+        if t.kind is TaskKind.MULTILABEL:
+            parts = parts[1:]  # the labels, one binary task each
+        scores = []
+        for part in parts:
+            y = _discrete_target(part)
+            ok = y >= 0
+            if ok.sum() < 2 or len(np.unique(y[ok])) < 2:
+                scores.append(0.0)
+                continue
+            scores.append(float(adjusted_mutual_info_score(y[ok], codes[ok])))
+        out[t.name] = float(np.mean(scores)) if scores else 0.0
     return out
 
 
@@ -310,10 +403,8 @@ def select_features(train: pd.DataFrame, sources: dict[str, str], tasks: Sequenc
             continue
         n_present = max(n - round(missing * n), 1)
         unique_ratio = distinct / n_present
-        integer_like = kind == "numeric" and bool(
-            np.all(np.mod(nums[~np.isnan(nums)], 1) == 0))
-        if kind != "text" and (kind == "categorical" or integer_like) and \
-                unique_ratio >= cfg.max_unique_ratio and n_present >= 10:
+        if unique_ratio >= cfg.max_unique_ratio and n_present >= 10 and (
+                kind == "categorical" or (kind == "numeric" and _sequence_like(nums))):
             decisions.append({**base, "kept": False, "reason": "identifier_like",
                               "score": unique_ratio,
                               "detail": f"{unique_ratio:.1%} of values are distinct "
@@ -322,9 +413,10 @@ def select_features(train: pd.DataFrame, sources: dict[str, str], tasks: Sequenc
         if kind == "text":
             words = [tokenize(v) for v in raw]
             lifts = {t.name: text_leak_score(words, t, seed) for t in tasks}
+        elif kind == "numeric":
+            lifts = {t.name: numeric_leak_score(nums, t, seed) for t in tasks}
         else:
-            codes = _codes(nums, True) if kind == "numeric" else _codes(
-                np.array(normed, dtype=object), False)
+            codes = _codes(np.array(normed, dtype=object), False)
             lifts = {t.name: leak_score(codes, t, seed) for t in tasks}
         worst = max(lifts, key=lambda k: lifts[k]) if lifts else None
         if worst is not None and lifts[worst] >= cfg.leakage_threshold:
@@ -355,7 +447,8 @@ def select_features(train: pd.DataFrame, sources: dict[str, str], tasks: Sequenc
                               "detail": f"one value covers {dominance:.1%} of train rows"})
             continue
         codes = _codes(x, numeric)
-        lifts = {t.name: leak_score(codes, t, seed) for t in tasks}
+        lifts = {t.name: numeric_leak_score(x, t, seed) if numeric else
+                 leak_score(codes, t, seed) for t in tasks}
         worst = max(lifts, key=lambda k: lifts[k]) if lifts else None
         if worst is not None and lifts[worst] >= cfg.leakage_threshold:
             decisions.append({**fbase, "kept": False, "reason": "target_leak", "task": worst,
@@ -368,6 +461,11 @@ def select_features(train: pd.DataFrame, sources: dict[str, str], tasks: Sequenc
 
     scored.sort(key=lambda s: (-s[0], candidates[s[1]]["name"]))
     kept: list[int] = []
+    # Duplicates are found by hashing each column's bytes (one dictionary look-up per
+    # feature, so the check is linear in the number of columns); correlations with every kept
+    # feature come from one matrix-vector product over the unit-norm centred kept columns.
+    by_hash: dict[bytes, int] = {}
+    unit = np.zeros((n, min(cfg.max_features, len(scored))), dtype=np.float64)  # [N, kept]
     for rank, (score, j, mi) in enumerate(scored, start=1):
         feat = candidates[j]
         info: dict[str, Any] = {"feature": feat["name"], "level": "feature",
@@ -375,28 +473,42 @@ def select_features(train: pd.DataFrame, sources: dict[str, str], tasks: Sequenc
                                 "rank": rank, "relevance": mi}
         x = matrix[:, j]
         reason, detail = None, ""
-        for k in kept:
-            other = matrix[:, k]
-            if np.array_equal(x, other):
-                reason, detail = "duplicate", f"identical to {candidates[k]['name']!r}"
-                break
-            r = _corr(x, other)
-            if abs(r) >= cfg.max_correlation:
-                reason, detail = "correlated", (f"|r| = {abs(r):.3f} with "
-                                                f"{candidates[k]['name']!r} (better ranked)")
-                break
-        if reason is None and len(kept) >= cfg.max_features:
+        twin = by_hash.get(hashlib.blake2b(x.tobytes(), digest_size=16).digest())
+        z = _unit(x)
+        r = unit[:, : len(kept)].T @ z if kept else np.zeros(0)
+        if twin is not None:
+            reason, detail = "duplicate", f"identical to {candidates[twin]['name']!r}"
+        elif len(r) and float(np.abs(r).max()) >= cfg.max_correlation:
+            k = int(np.argmax(np.abs(r) >= cfg.max_correlation))  # the best-ranked such one
+            reason, detail = "correlated", (f"|r| = {abs(float(r[k])):.3f} with "
+                                            f"{candidates[kept[k]]['name']!r} (better ranked)")
+        elif len(kept) >= cfg.max_features:
             reason, detail = "below_top_k", f"select.max_features={cfg.max_features} reached"
         if reason is not None:
             decisions.append({**info, "kept": False, "reason": reason, "detail": detail})
             continue
+        by_hash[hashlib.blake2b(x.tobytes(), digest_size=16).digest()] = j
+        unit[:, len(kept)] = z
         kept.append(j)
         decisions.append({**info, "kept": True, "reason": "top_k", "detail": ""})
     return FeatureSelection([candidates[j] for j in kept], decisions)
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.astype(np.float64) - a.mean()
-    b = b.astype(np.float64) - b.mean()
-    denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / denom) if denom > 0 else 0.0
+def _unit(x: np.ndarray) -> np.ndarray:
+    """``x`` centred and scaled to unit norm (zeros for a constant column), so a dot product
+    of two such columns is their Pearson correlation."""
+    a = x.astype(np.float64) - float(x.mean())
+    norm = math.sqrt(float((a * a).sum()))
+    return a / norm if norm > 0 else np.zeros_like(a)
+
+
+def _sequence_like(nums: np.ndarray) -> bool:
+    """Integer values that fill most of their range, as row numbers and auto-increment ids do.
+
+    A measurement written without decimals (a price of ``12345``) spreads over a range far
+    wider than its number of distinct values, so it is not mistaken for an identifier.
+    """
+    v = np.unique(nums[~np.isnan(nums)])
+    if len(v) < 2 or not np.all(np.mod(v, 1) == 0):
+        return False
+    return float(v[-1] - v[0] + 1) <= 2 * len(v)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageCheck", "inspect_image", "load_image"]
+__all__ = ["ImageCheck", "inspect_image", "load_image", "resize_image"]
 
 
 @dataclass(frozen=True)
@@ -115,3 +115,13 @@ def inspect_image(path: Path, mode: str, min_size: int, max_pixels: int,
     digest.update(str(arr.shape).encode())
     gray = arr if arr.ndim == 2 else np.asarray(Image.fromarray(arr).convert("L"))
     return ImageCheck(None, "", w, h, source_mode, digest.hexdigest(), f"{_dct_hash(gray):016x}")
+
+
+def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``[H, W, C]`` uint8 -> ``[h, w, C]``: the one resize used for training and prediction."""
+    h, w = size
+    if img.shape[:2] == (h, w):
+        return img
+    pil = Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
+    out = np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0))
+    return out[:, :, None] if out.ndim == 2 else out

@@ -17,10 +17,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from mtl.config import IngestConfig
+from mtl.schema import SPLITS
 
 __all__ = ["MultiMNIST", "compose_multimnist", "ingest", "load_mnist_digits"]
 
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,16 @@ Order of operations for one raw cell (each step that changes a value is counted 
 4. ``casefold``: every spelling of a label maps to one canonical spelling: the declared class
    when ``classes`` is set, else the most frequent spelling in the column (ties: sorted first);
 5. kind-specific parsing: regression -> finite float (``not_a_number``, ``not_finite``);
-   binary -> ``"0"``/``"1"`` (``not_binary``); multiclass with declared ``classes``: any other
-   value -> missing (``undeclared_class``); multilabel: the cell is split on the task's
-   ``separator``, each label normalised as above, undeclared labels dropped (recorded as
-   ``undeclared_class``), and the canonical form is the sorted distinct labels joined again.
+   binary -> ``"0"``/``"1"`` (``not_binary``; with two declared classes the index of the
+   class the value means: a built-in spelling such as ``TRUE`` maps only to the one declared
+   class with the same truth value, else it is ``not_binary``); multiclass with declared
+   ``classes``: any other value -> missing (``undeclared_class``); multilabel: the cell is
+   split on the task's ``separator``, each label normalised as above, undeclared labels
+   dropped (recorded as ``undeclared_class``), and the canonical form is the sorted distinct
+   labels joined again.
+
+Every change of steps 1-4 is counted per label (so per tag of a multilabel cell) in
+``changes`` (``whitespace``, ``synonym``, ``case``), reported as ``label_normalisation``.
 """
 
 from __future__ import annotations
@@ -23,11 +29,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mtl.config import TaskConfig
+from mtl.schema import TaskKind
 
 __all__ = ["LabelNormaliser", "collapse_whitespace"]
 
 _TRUE = {"1", "true", "yes", "y", "t", "1.0"}
 _FALSE = {"0", "false", "no", "n", "f", "0.0"}
+
+
+def _truth(value: str) -> bool | None:
+    """Truth value of a built-in binary spelling (case-insensitive), ``None`` for others."""
+    low = value.casefold()
+    return True if low in _TRUE else False if low in _FALSE else None
 
 
 def collapse_whitespace(value: str) -> str:
@@ -84,16 +97,29 @@ class LabelNormaliser:
         """Steps 1-3 for every label of a cell (one label unless the task is multilabel)."""
         if raw is None:
             return []
-        parts = raw.split(self.task.separator) if self.task.kind == "multilabel" else [raw]
+        multi = TaskKind(self.task.kind) is TaskKind.MULTILABEL
+        parts = raw.split(self.task.separator) if multi else [raw]
         return [v for v in (self._pre(p) for p in parts) if v is not None]
+
+    def _label(self, raw: str) -> str | None:
+        """Steps 1-4 for one label, counting each change in ``changes``."""
+        v = self._pre(raw)
+        if v is None:
+            return None
+        if v != raw:
+            self.changes["synonym" if v != collapse_whitespace(raw) else "whitespace"] += 1
+        if self.task.casefold:
+            c = self.canonical.get(v.casefold(), v)
+            if c != v:
+                self.changes["case"] += 1
+            v = c
+        return v
 
     def _multilabel(self, raw: str) -> tuple[Any, str | None]:
         """``"Red | blue|red"`` -> ``"blue|red"`` (canonical, sorted, distinct); undeclared
         labels are dropped (the cell's issue says so) and an empty cell is missing."""
-        tags = []
-        for v in self._tags(raw):
-            c = self.canonical.get(v.casefold(), v) if self.task.casefold else v
-            tags.append(c)
+        tags = [t for t in (self._label(p) for p in raw.split(self.task.separator))
+                if t is not None]
         issue = None
         if self.task.classes is not None:
             declared = [t for t in tags if t in self.task.classes]
@@ -103,39 +129,44 @@ class LabelNormaliser:
             return None, issue
         return self.task.separator.join(sorted(set(tags))), issue
 
+    def _binary(self, v: str) -> tuple[Any, str | None]:
+        """``"0"``/``"1"``; with two declared classes, the index of the class ``v`` means.
+
+        A value that is not a declared class maps through the built-in spellings
+        (true/false, yes/no, 1/0, …) only to the one declared class with the same truth
+        value (``TRUE`` -> ``yes`` for classes ``[yes, no]``); when no declared class (or both)
+        has that truth value the mapping is ambiguous and the value is ``not_binary``, never
+        a guess.
+        """
+        classes = self.task.classes
+        truth = _truth(v)
+        if classes is not None and len(classes) == 2:
+            if v in classes:
+                return str(classes.index(v)), None
+            same = [i for i, c in enumerate(classes) if truth is not None and _truth(c) == truth]
+            return (str(same[0]), None) if len(same) == 1 else (None, "not_binary")
+        if truth is None:
+            return None, "not_binary"
+        return ("1" if truth else "0"), None
+
     def __call__(self, raw: str | None) -> tuple[Any, str | None]:
         """(normalised label or ``None``, issue reason or ``None``) for one raw cell."""
         if raw is None:
             return None, None
-        if self.task.kind == "multilabel":
+        kind = TaskKind(self.task.kind)
+        if kind is TaskKind.MULTILABEL:
             return self._multilabel(raw)
-        v = self._pre(raw)
+        v = self._label(raw)
         if v is None:
             return None, None
-        if v != raw:
-            self.changes["synonym" if v != collapse_whitespace(raw) else "whitespace"] += 1
-        if self.task.casefold:
-            c = self.canonical.get(v.casefold(), v)
-            if c != v:
-                self.changes["case"] += 1
-            v = c
-        kind = self.task.kind
-        if kind == "regression":
+        if kind is TaskKind.REGRESSION:
             try:
                 x = float(v)
             except ValueError:
                 return None, "not_a_number"
             return (x, None) if math.isfinite(x) else (None, "not_finite")
-        if kind == "binary":
-            classes = self.task.classes
-            if classes is not None and len(classes) == 2 and v in classes:
-                return str(classes.index(v)), None
-            low = v.lower()
-            if low in _TRUE:
-                return "1", None
-            if low in _FALSE:
-                return "0", None
-            return None, "not_binary"
+        if kind is TaskKind.BINARY:
+            return self._binary(v)
         if self.task.classes is not None and v not in self.task.classes:
             return None, "undeclared_class"
         return v, None

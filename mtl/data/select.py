@@ -28,15 +28,18 @@ import numpy as np
 import pandas as pd
 
 from mtl.config import DatasetConfig, SelectConfig
-from mtl.data.clean import FEATURE_PREFIX
 from mtl.data.dedup import join_groups
-from mtl.data.features import TaskTarget, apply_feature_encoders, select_features
+from mtl.data.features import (
+    FEATURE_PREFIX,
+    TaskTarget,
+    apply_feature_encoders,
+    select_features,
+)
 from mtl.data.io import DataError
-from mtl.schema import TaskKind, TaskSchema
+from mtl.schema import SPLITS, TaskKind, TaskSchema
 
 __all__ = ["SPLITS", "SelectResult", "assign_splits", "build_vocabulary", "select"]
 
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ def assign_splits(frame: pd.DataFrame, cfg: SelectConfig,
     sequence = sorted(shuffled.tolist(), key=lambda g: (-len(members[g]), rarity[g]))
     out = np.empty(n, dtype=object)
     names = np.array(SPLITS, dtype=object)
+    placed: dict[int, int] = {}  # group -> split index
     for g in sequence:
         rows = members[g]
         k = keys[rows].ravel()
@@ -134,8 +138,26 @@ def assign_splits(frame: pd.DataFrame, cfg: SelectConfig,
         score = label_need + size_need
         s = int(np.argmax(score + 1e-9 * fractions))  # ties: the larger split
         out[rows] = names[s]
+        placed[g] = s
         np.add.at(have[s], k, 1)
         size_have[s] += len(rows)
+    # Stratification puts a group that holds all of a class into the split that needs the
+    # class most (train), so a few such groups can leave test (or train) empty although there
+    # are enough groups: then the smallest group of the split with the most rows (and at
+    # least two groups) moves there.
+    for target in (2, 0):
+        if any(s == target for s in placed.values()):
+            continue
+        donors = [d for d in range(3) if sum(s == d for s in placed.values()) >= 2]
+        if not donors:
+            continue
+        donor = max(donors, key=lambda d: (size_have[d], -d))
+        g = min((g for g, s in placed.items() if s == donor),
+                key=lambda g: (len(members[g]), g))
+        out[members[g]] = names[target]
+        placed[g] = target
+        size_have[donor] -= len(members[g])
+        size_have[target] += len(members[g])
     return pd.Series(out, index=frame.index, dtype=object)
 
 
@@ -145,9 +167,21 @@ def _merge_rare(col: pd.Series, cfg: SelectConfig) -> tuple[pd.Series, dict[str,
     rare = {str(c): int(n) for c, n in counts.items() if n < cfg.min_class_count}
     if not rare:
         return col, {}
-    replacement = cfg.other_label if cfg.rare_classes == "other" else None
+    replacement = _free_label(cfg.other_label, set(counts.index)) \
+        if cfg.rare_classes == "other" else None
     mapped = [replacement if not pd.isna(v) and str(v) in rare else v for v in col]
     return pd.Series(mapped, index=col.index, dtype=object), rare
+
+
+def _free_label(wanted: str, classes: set[str]) -> str:
+    """``wanted``, or when a genuine class already has that name, the first of ``wanted_rare``,
+    ``wanted_rare2``, … that is free: rare classes never fold into a real class."""
+    if wanted not in classes:
+        return wanted
+    name, k = f"{wanted}_rare", 2
+    while name in classes:
+        name, k = f"{wanted}_rare{k}", k + 1
+    return name
 
 
 def _groups(frame: pd.DataFrame, cfg: SelectConfig) -> tuple[np.ndarray | None, str]:
@@ -175,6 +209,12 @@ def select(manifest: pd.DataFrame, dataset: DatasetConfig, cfg: SelectConfig) ->
     if cfg.stratify is not None and cfg.stratify not in [*task_names, "all"]:
         raise DataError(f"select.stratify: expected one of the tasks {task_names} or 'all', "
                         f"found {cfg.stratify!r}")
+    strat_kind = next((TaskKind(t.kind) for t in dataset.tasks if t.name == cfg.stratify), None)
+    if strat_kind is TaskKind.REGRESSION:
+        classif = [t.name for t in dataset.tasks if TaskKind(t.kind) is not TaskKind.REGRESSION]
+        raise DataError(f"select.stratify: {cfg.stratify!r} is a regression task, and a "
+                        "split can only be stratified on class labels; expected a "
+                        f"classification task {classif}, 'all' or null")
     missing_cols = [t for t in task_names if t not in manifest.columns]
     if missing_cols:
         raise DataError(f"select: the manifest has no column for task(s) {missing_cols}; rerun "
@@ -200,12 +240,18 @@ def select(manifest: pd.DataFrame, dataset: DatasetConfig, cfg: SelectConfig) ->
             continue
         col = col.astype(object).where(col.notna(), None)
         if kind is TaskKind.MULTICLASS and cfg.min_class_count > 0:
+            before = set(col.dropna().map(str))
             col, rare = _merge_rare(col, cfg)
             if rare:
                 info["rare_classes"] = {"action": cfg.rare_classes, "min_class_count":
                                         cfg.min_class_count, "classes": rare}
                 if cfg.rare_classes == "other":
-                    info["rare_classes"]["merged_into"] = cfg.other_label
+                    into = _free_label(cfg.other_label, before)
+                    info["rare_classes"]["merged_into"] = into
+                    if into != cfg.other_label:
+                        info["rare_classes"]["detail"] = (
+                            f"{cfg.other_label!r} is a real class of this task, so the rare "
+                            f"classes are merged into {into!r} instead")
         vocab = (build_vocabulary(_split_tags(col, _separator(dataset, t.name)))
                  if kind is TaskKind.MULTILABEL else build_vocabulary(col))
         need = 2 if kind is TaskKind.BINARY else cfg.min_classes
@@ -224,7 +270,7 @@ def select(manifest: pd.DataFrame, dataset: DatasetConfig, cfg: SelectConfig) ->
         split_source = "data"
     else:
         classif = [t.name for t in dataset.tasks
-                   if t.kind != "regression" and t.name in vocabs]
+                   if TaskKind(t.kind) is not TaskKind.REGRESSION and t.name in vocabs]
         if cfg.stratify == "all":
             strat_tasks = classif
         elif cfg.stratify is not None:
@@ -282,10 +328,9 @@ def select(manifest: pd.DataFrame, dataset: DatasetConfig, cfg: SelectConfig) ->
     sources = {c[len(FEATURE_PREFIX):]: "auto" for c in frame.columns
                if c.startswith(FEATURE_PREFIX)}
     sources.update({c: k for c, k in dataset.feature_columns.items() if c in sources})
-    # Feature scoring (mutual information, leakage) works on one label per row: multilabel
-    # tasks take no part in it.
-    train_targets = [TaskTarget(t.name, t.kind.value, targets[t.name][is_train]) for t in kept
-                     if t.kind is not TaskKind.MULTILABEL]
+    # Every kept task takes part in feature scoring; a multilabel target is its [N, K]
+    # multi-hot matrix (TaskTarget.parts scores its label sets and each label).
+    train_targets = [TaskTarget(t.name, t.kind, targets[t.name][is_train]) for t in kept]
     selection = select_features(frame[is_train], sources, train_targets, cfg, seed=cfg.seed,
                                 prefix=FEATURE_PREFIX)
     feature_matrix = apply_feature_encoders(frame, selection.features, prefix=FEATURE_PREFIX)
@@ -301,8 +346,8 @@ def select(manifest: pd.DataFrame, dataset: DatasetConfig, cfg: SelectConfig) ->
     splits = {s: base[(split == s).to_numpy()].reset_index(drop=True) for s in SPLITS}
     empty = [s for s in ("train", "test") if splits[s].empty]
     if empty:
-        raise DataError(f"select: split(s) {empty} are empty (split source: {split_source}); "
-                        "check the split column or select.val_fraction/test_fraction")
+        raise DataError(f"select: split(s) {empty} are empty ({split_source}): "
+                        + _empty_split_cause(split_source, groups, len(frame)))
     report = {
         "split_source": split_source,
         "split_sizes": {s: len(f) for s, f in splits.items()},
@@ -321,6 +366,20 @@ def select(manifest: pd.DataFrame, dataset: DatasetConfig, cfg: SelectConfig) ->
         },
     }
     return SelectResult(splits, tuple(kept), report, tuple(selection.features))
+
+
+def _empty_split_cause(split_source: str, groups: np.ndarray | None, n: int) -> str:
+    """Why a split is empty, in terms a user can act on."""
+    if split_source == "data":
+        return ("the data's split column assigns no rows to them; add rows for them or drop "
+                "dataset.split_column to have select generate the split")
+    n_groups = len(np.unique(groups)) if groups is not None else n
+    if n_groups < 2:
+        return (f"the {n} clean rows form {n_groups} group(s) that must stay in one split "
+                "(near-duplicate images or dataset.group_column); add data from other groups "
+                "or set select.respect_groups: false")
+    return (f"{n} clean rows in {n_groups} group(s) are too few for select.val_fraction/"
+            "test_fraction")
 
 
 def _group_report(split: pd.Series, groups: np.ndarray | None) -> dict[str, Any]:

@@ -30,11 +30,16 @@ def min_norm_2(v1v1: float, v1v2: float, v2v2: float) -> tuple[float, float]:
     return gamma, v2v2 + gamma * (v1v2 - v2v2)
 
 
-def min_norm_weights(gram: np.ndarray, max_iter: int = 250, tol: float = 1e-6) -> np.ndarray:
+def min_norm_weights(gram: np.ndarray, max_iter: int = 1000, tol: float = 1e-12) -> np.ndarray:
     """Convex weights ``w`` (simplex) minimising ``||w^T G||^2 = w^T M w``.
 
-    Two tasks: the exact closed form. More: Frank-Wolfe started from the best pair, with the
-    exact line search of ``min_norm_2`` at each step (the MGDA-UB solver of Sener & Koltun).
+    Two tasks: the exact closed form. More: started from the best pair (the MGDA-UB solver of
+    Sener & Koltun), then *pairwise* Frank-Wolfe steps (move weight from the worst task in the
+    support to the best one, exact line search), which converge linearly on the simplex where
+    the classic Frank-Wolfe steps of the paper's code stall (its fixed stopping rule left
+    direction errors of 4 % with 8 tasks and 24 % with 12). Stops on the duality gap
+    ``w^T M w - min_t (M w)_t <= tol * w^T M w``: with ``d = w^T G`` and ``d*`` the min-norm
+    point, ``||d - d*||^2 <= gap``, so the relative direction error is at most ``sqrt(tol)``.
     """
     k = gram.shape[0]
     if k == 1:
@@ -50,16 +55,28 @@ def min_norm_weights(gram: np.ndarray, max_iter: int = 250, tol: float = 1e-6) -
             best = cost
             sol = np.zeros(k)
             sol[i], sol[j] = gamma, 1.0 - gamma
+    grad = gram @ sol  # [K]: half the gradient of w^T M w
+    diag = np.diag(gram)
     for _ in range(max_iter):
-        grad = gram @ sol  # [K] gradient of w^T M w / 2
+        value = float(sol @ grad)  # w^T M w
         t = int(np.argmin(grad))
-        gamma, _ = min_norm_2(float(sol @ grad), float(grad[t]), float(gram[t, t]))
-        new = gamma * sol
-        new[t] += 1.0 - gamma
-        if np.abs(new - sol).sum() < tol:
-            sol = new
+        if value - float(grad[t]) <= tol * max(value, 0.0) or value <= 0.0:
             break
-        sol = new
+        support = np.flatnonzero(sol > 0.0)
+        s = int(support[np.argmax(grad[support])])  # the away vertex
+        if s == t:
+            break
+        # exact line search of f(w + g (e_t - e_s)), g in [0, w_s]
+        curv = float(diag[t] + diag[s] - 2.0 * gram[t, s])
+        slope = float(grad[s] - grad[t])  # > 0
+        step = float(sol[s]) if curv <= 0.0 else min(float(sol[s]), slope / curv)
+        if step <= 0.0:
+            break
+        sol[t] += step
+        sol[s] -= step
+        if sol[s] <= 1e-15:
+            sol[s] = 0.0
+        grad = grad + step * (gram[:, t] - gram[:, s])
     return sol
 
 
@@ -116,55 +133,67 @@ def _box_qp_enumerate(m: np.ndarray, lower: np.ndarray) -> np.ndarray:
     return best_v
 
 
-def nash_weights(gram: np.ndarray, max_iter: int = 20, tol: float = 1e-10) -> np.ndarray | None:
+def nash_weights(
+    gram: np.ndarray, max_iter: int = 100, tol: float = 1e-8
+) -> tuple[np.ndarray | None, str]:
     """The Nash bargaining weights: ``alpha > 0`` with ``alpha_t (M alpha)_t = 1`` for all t.
 
-    Solved as the concave maximisation ``max_a sum_t log (M a)_t - a^T M a / 2`` (its
-    stationarity condition is exactly the Nash-MTL equation, see Navon et al. 2022, Eq. 3)
-    with a damped Newton method started from the MGDA min-norm point, which is always
-    feasible (``M w >= w^T M w > 0``). Returns ``None`` when the problem is infeasible (the
-    min-norm point is 0: no direction decreases every loss); tasks with a zero gradient get 0.
+    The equation is exactly the stationarity condition of the *strictly convex* function
+    ``f(a) = a^T M a / 2 - sum_t log a_t`` on ``a > 0`` (Hessian ``M + diag(1 / a^2)``, positive
+    definite), so its minimiser is the unique solution (Navon et al. 2022, Claim 3.1). ``f`` is
+    self-concordant; it is minimised by Newton's method with a backtracking line search that
+    keeps ``a > 0``, started from the feasible point ``a_t = 1 / ||g_t||`` of the Gram matrix
+    normalised to a unit mean diagonal (the solution scales as ``1 / sqrt(scale)``).
+
+    Returns ``(alpha, "")`` when the solution is certified (every ``alpha_t > 0`` and
+    ``max_t |alpha_t (M alpha)_t - 1| <= 1e-4``, the precision reachable in float64 at
+    gradient cosines down to about -1 + 1e-10), else ``(None, reason)``: no solution exists
+    when the gradients are Pareto-stationary (``f`` is then unbounded below: ``alpha`` grows
+    without bound), and near that point Newton may need more than ``max_iter`` steps. Tasks
+    with a zero gradient get 0.
     """
     k = gram.shape[0]
     alpha = np.zeros(k)
     diag = np.diag(gram)
     live = diag > 1e-20 * max(float(diag.max()), 1e-300)
     if not live.any():
-        return alpha
+        return alpha, ""
     idx = np.flatnonzero(live)
     scale = float(diag[idx].mean())
-    m = gram[np.ix_(idx, idx)] / scale
-    w = min_norm_weights(m)
-    norm2 = float(w @ m @ w)
-    if norm2 <= 1e-12:
-        return None
-    a = w / norm2  # scaled so that (M a)_t >= 1
-    b = m @ a
+    m = gram[np.ix_(idx, idx)] / scale  # [K', K'], mean diagonal 1
+    a = 1.0 / np.sqrt(np.diag(m))  # feasible (a > 0) start: a_t (M a)_t = 1 without conflict
 
-    def phi(a_: np.ndarray, b_: np.ndarray) -> float:
-        return float(np.log(b_).sum() - 0.5 * a_ @ b_)
+    def f(a_: np.ndarray) -> float:
+        return float(0.5 * a_ @ m @ a_ - np.log(a_).sum())
 
-    f = phi(a, b)
-    eye = np.eye(len(idx))
+    value = f(a)
     for _ in range(max_iter):
-        grad = m @ (1.0 / b) - b  # [K] gradient of phi
-        hess = m @ (m / (b * b)[:, None]) + m  # [K, K] minus the Hessian (PSD)
-        step = np.linalg.lstsq(hess + 1e-12 * eye, grad, rcond=None)[0]
-        dec = float(grad @ step)
-        if dec <= tol:
+        grad = m @ a - 1.0 / a  # [K']
+        hess = m + np.diag(1.0 / (a * a))  # positive definite
+        try:
+            step = -np.linalg.solve(hess, grad)
+        except np.linalg.LinAlgError:
+            return None, "singular Newton system (the gradients are Pareto-stationary)"
+        decrement = float(-grad @ step)  # Newton decrement squared
+        if decrement <= tol * tol:
             break
         t = 1.0
-        while t > 1e-8:
-            a_new = a + t * step
-            b_new = m @ a_new
-            if (b_new > 0).all():
-                f_new = phi(a_new, b_new)
-                if f_new >= f + 1e-4 * t * dec:
-                    break
+        neg = step < 0
+        if neg.any():  # stay inside a > 0
+            t = min(1.0, 0.99 * float(np.min(-a[neg] / step[neg])))
+        while t > 1e-12:
+            new = a + t * step
+            new_value = f(new)
+            if new_value <= value - 0.25 * t * decrement:
+                break
             t *= 0.5
         else:
             break
-        a, b, f = a_new, b_new, f_new
-    # At the optimum d = G^T a = G^T (1 / (M a)), so 1/b is the canonical positive solution.
-    alpha[idx] = (1.0 / b) / np.sqrt(scale)
-    return alpha
+        a, value = new, new_value
+        if not np.isfinite(value) or float(a.max()) > 1e12:
+            return None, "no bounded solution (the gradients are Pareto-stationary)"
+    residual = float(np.abs(a * (m @ a) - 1.0).max())
+    if not (a > 0).all() or not residual <= 1e-4:
+        return None, f"not converged (max |alpha_t (M alpha)_t - 1| = {residual:.2e})"
+    alpha[idx] = a / np.sqrt(scale)
+    return alpha, ""

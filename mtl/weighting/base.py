@@ -82,6 +82,11 @@ class Weighting(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} is a loss-level method")
 
+    def set_representation(self, representation: Tensor | None) -> None:
+        """Gradient level: called by the backend just before :meth:`aggregate` with the shared
+        representation ``z [B, ...]`` (detached) for ``backend="representation"`` and ``None``
+        for ``"full"``. Default: ignored (GradDrop uses the signs of ``z``)."""
+
     def head_scales(self, losses: Tensor, present: Tensor) -> Tensor | None:
         """Gradient level: factors ``[T]`` applied to each task's head gradient (default 1).
 

@@ -18,9 +18,16 @@ class CAGrad(GramWeighting):
     NeurIPS 2021.
 
     With ``g0`` the mean gradient, solve the dual ``min_{w in simplex} w^T G g0 +
-    c ||g0|| ||w^T G||`` (SLSQP on the ``K``-dimensional problem, as the authors' code), then
-    ``d = (g0 + c ||g0|| / ||g_w|| g_w) / (1 + c^2)`` (``rescale=1``). The scale is that of
-    the *mean* gradient; ``c = 0`` gives exactly the mean gradient.
+    c ||g0|| ||w^T G||`` (SLSQP on the ``K``-dimensional problem, as the authors' code; exact
+    for two tasks), then ``d = g0 + c ||g0|| / ||g_w|| g_w`` divided by ``1 + c^2``
+    (``rescale=1``). The scale is that of the *mean* gradient; ``c = 0`` gives exactly the
+    mean gradient, and one present task gives ``(1 + c) / (1 + c^2)`` times its gradient.
+
+    Deliberate difference from the reference code: the dual is solved on the Gram matrix
+    divided by its mean diagonal and without the reference code's absolute epsilons
+    (``1e-8``/``1e-4`` added to norms), so the weights are exactly invariant to a common
+    gradient scale, as the paper's weights are. The reference code's epsilons and SLSQP's
+    absolute tolerance silently turn CAGrad into the mean gradient at small gradient norms.
 
     Args:
         c: radius of the conflict-averse ball, in units of ``||g0||`` (0.4 in the paper).
@@ -36,40 +43,62 @@ class CAGrad(GramWeighting):
         self.c, self.rescale = float(c), int(rescale)
 
     def weights_from_gram(self, gram: Tensor, losses: Tensor, tasks: Tensor) -> Tensor:
-        a = gram.numpy()
-        k = a.shape[0]
+        k = gram.shape[0]
+        # Solve on the Gram matrix divided by its mean diagonal: the dual's weights are
+        # invariant to a common gradient scale in the paper, but fixed epsilons and SLSQP's
+        # absolute tolerances are not (at gradient norms below ~0.1 SLSQP stopped at its start
+        # point). The direction is then formed from the unnormalised gradients.
+        scale = float(np.trace(gram.numpy())) / k
         mean_w = np.full(k, 1.0 / k)
-        g0_norm = float(np.sqrt(max(a.mean(), 0.0) + 1e-8))
+        if not scale > 0.0:  # every gradient is zero: any weights give d = 0
+            return gram.new_tensor(mean_w)
+        a = gram.numpy() / scale  # [K, K], mean diagonal 1
+        g0_norm = float(np.sqrt(max(float(a.mean()), 0.0)))  # ||g0|| / sqrt(scale)
         phi = self.c * g0_norm
-        if phi <= 1e-8 or k == 1:
+        if phi <= 1e-12:  # c = 0, or the mean gradient vanishes: d = g0
             lam, w = 0.0, mean_w
-        elif k == 2:
-            w = _two_task_dual(a, a @ mean_w, phi)
-            gw_norm = float(np.sqrt(max(w @ a @ w, 0.0) + 1e-8))
-            lam = phi / (gw_norm + 1e-4)
         else:
-            b = a @ mean_w  # [K]: G g0
-
-            def objective(x: np.ndarray) -> float:
-                return float(x @ b + phi * np.sqrt(x @ a @ x + 1e-8))
-
-            # SLSQP as the authors' code; ~1 ms per step, only used for more than two tasks.
-            res = minimize(
-                objective,
-                mean_w,
-                bounds=[(0.0, 1.0)] * k,
-                constraints=({"type": "eq", "fun": lambda x: 1.0 - x.sum()},),
-                method="SLSQP",
-            )
-            w = np.clip(res.x, 0.0, None)
-            gw_norm = float(np.sqrt(max(w @ a @ w, 0.0) + 1e-8))
-            lam = phi / (gw_norm + 1e-4)
+            if k == 1:
+                w = np.ones(1)
+            elif k == 2:
+                w = _two_task_dual(a, a @ mean_w, phi)
+            else:
+                w = _dual_slsqp(a, a @ mean_w, phi)
+            gw_norm = float(np.sqrt(max(float(w @ a @ w), 0.0)))
+            # one task: g_w = g0, so lam = c and d = (1 + c) g / (1 + c^2) (rescale=1)
+            lam = phi / gw_norm if gw_norm > 1e-12 else 0.0
         out = mean_w + lam * w
         if self.rescale == 1:
             out = out / (1.0 + self.c**2)
         elif self.rescale == 2:
             out = out / (1.0 + self.c)
         return gram.new_tensor(out)
+
+
+def _dual_slsqp(a: np.ndarray, b: np.ndarray, phi: float) -> np.ndarray:
+    """``argmin_{w in simplex} w . b + phi ||w^T G||`` (``a = G G^T`` normalised), by SLSQP as
+    the authors' code, with the analytic gradient and a tolerance fit for the O(1) scale."""
+    k = a.shape[0]
+
+    def objective(x: np.ndarray) -> float:
+        return float(x @ b + phi * np.sqrt(max(float(x @ a @ x), 0.0) + 1e-12))
+
+    def jac(x: np.ndarray) -> np.ndarray:
+        return b + phi * (a @ x) / np.sqrt(max(float(x @ a @ x), 0.0) + 1e-12)
+
+    res = minimize(
+        objective,
+        np.full(k, 1.0 / k),
+        jac=jac,
+        bounds=[(0.0, 1.0)] * k,
+        constraints=(
+            {"type": "eq", "fun": lambda x: 1.0 - x.sum(), "jac": lambda x: -np.ones_like(x)},
+        ),
+        method="SLSQP",
+        options={"ftol": 1e-12, "maxiter": 500},
+    )
+    w = np.clip(res.x, 0.0, None)
+    return w / w.sum()
 
 
 def _two_task_dual(a: np.ndarray, b: np.ndarray, phi: float) -> np.ndarray:

@@ -30,8 +30,9 @@ class DBMTL(Weighting):
 
     The logged weights are ``(max_j ||h_j|| / ||h_t||) / (L_t + eps)`` (the factor on the raw
     gradient, ignoring the EMA). An absent task neither updates its EMA nor contributes. The
-    EMA buffer is reset when the gradient size changes (e.g. a smaller last batch with
-    ``backend="representation"``). The buffer is saved through ``get_extra_state``.
+    EMA buffer is reset if the gradient size changes (a different model). The buffer is saved
+    through ``get_extra_state``. Only ``backend="full"``: with the representation backend the
+    EMA would average per-sample gradients of different batches (LibMTL refuses it as well).
 
     Args:
         beta: EMA coefficient (0.9 in the paper).
@@ -40,7 +41,10 @@ class DBMTL(Weighting):
     """
 
     level = "gradient"
-    backends = ("full", "representation")
+    # Not "representation": there the rows of G are per-sample gradients of z, which change
+    # meaning with every batch, so an EMA across batches mixes different samples' gradients
+    # (and the buffer is reset whenever the batch size changes). LibMTL refuses it too.
+    backends = ("full",)
 
     def __init__(
         self, num_tasks: int, beta: float = 0.9, beta_sigma: float = 0.5, eps: float = 1e-8

@@ -47,9 +47,13 @@ class DWA(Weighting):
         w = k * torch.softmax(logits, dim=0)
         return torch.nan_to_num(w, nan=0.0)  # all tasks absent -> softmax of -inf is NaN
 
-    @torch.no_grad()
     def epoch_end(self, mean_losses: Tensor, present: Tensor) -> None:
-        m = present.to(self.history.device) & torch.isfinite(mean_losses.to(self.history.device))
-        new = mean_losses.detach().to(self.history)
-        self.history[1] = torch.where(m, self.history[0], self.history[1])
-        self.history[0] = torch.where(m, new, self.history[0])
+        # no autograd graph for the method's own bookkeeping (a context, not a decorator:
+        # mutmut does not mutate decorated functions)
+        with torch.no_grad():
+            m = present.to(self.history.device) & torch.isfinite(
+                mean_losses.to(self.history.device)
+            )
+            new = mean_losses.detach().to(self.history)
+            self.history[1] = torch.where(m, self.history[0], self.history[1])
+            self.history[0] = torch.where(m, new, self.history[0])

@@ -17,11 +17,15 @@ class GradDrop(Weighting):
     """Chen, Ngiam, Huang, Luong, Kretzschmar, Chai & Anguelov, "Just Pick a Sign: Optimizing
     Deep Multitask Models with Gradient Sign Dropout", NeurIPS 2020.
 
-    Per coordinate, the sign purity ``P = (1 + sum_t g_t / sum_t |g_t|) / 2`` picks a sign
-    (positive with probability ``P``, one uniform draw per coordinate from torch's RNG) and
-    only the task gradients with that sign are kept: ``d = sum_t M_t g_t`` (plus ``leak``
-    times the dropped part). The paper applies it to activations; ``backend="representation"``
-    is that setting, ``"full"`` applies it to the shared parameters.
+    The paper's setting is ``backend="representation"``: the task gradients of the activations
+    ``z [B, F...]`` are first summed over the batch weighted by the sign of the activation,
+    ``S_t = sum_b sign(z_b) g_{t,b}`` (``[F]``, Algorithm 1 and the official code), the sign
+    purity ``P = (1 + sum_t S_t / sum_t |S_t|) / 2`` picks a sign per *feature* (positive with
+    probability ``P``, one uniform draw per feature from torch's RNG), and task ``t`` keeps
+    its gradient on a feature, for every sample, iff ``S_t`` has that sign: one mask
+    ``M_t [F]`` broadcast over the batch, ``d = sum_t M_t g_t`` (plus ``leak`` times the
+    dropped part). With ``backend="full"`` the gradients of the shared parameters are already
+    summed over the batch, so each parameter coordinate is a feature with ``S_t = g_t``.
 
     The mask is not a linear combination of the task gradients, so the logged "effective
     weight" of a task is the fraction of its gradient's L1 mass that was kept.
@@ -38,6 +42,12 @@ class GradDrop(Weighting):
         if not 0.0 <= leak <= 1.0:
             raise ValueError(f"graddrop leak must be in [0, 1], got {leak}")
         self.leak = float(leak)
+        self._signs: Tensor | None = None  # sign(z) [B, F] of the current step's representation
+
+    def set_representation(self, representation: Tensor | None) -> None:
+        self._signs = (
+            None if representation is None else torch.sign(representation.flatten(1).detach())
+        )
 
     def aggregate(self, grads: Tensor, losses: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
         tasks = present.nonzero().squeeze(1)
@@ -45,11 +55,19 @@ class GradDrop(Weighting):
         if tasks.numel() == 0:
             return grads.new_zeros(grads.shape[1]), weights
         g = grads.index_select(0, tasks)  # [K, P]
-        purity = 0.5 * (1.0 + g.sum(0) / (g.abs().sum(0) + 1e-7))  # [P]
+        k, p = g.shape
+        signs = self._signs
+        if signs is not None and signs.numel() == p:
+            per_sample = g.view(k, signs.shape[0], -1)  # [K, B, F]
+            summed = (per_sample * signs.to(g)[None]).sum(1)  # [K, F]: sign-weighted batch sums
+        else:  # parameters: a coordinate is a feature, its gradient already a batch sum
+            per_sample = g.view(k, 1, p)
+            summed = g
+        purity = 0.5 * (1.0 + summed.sum(0) / (summed.abs().sum(0) + 1e-7))  # [F]
         u = torch.rand(purity.shape, device=g.device, dtype=g.dtype)
-        keep = ((purity > u) & (g > 0)) | ((purity < u) & (g < 0))  # [K, P]
+        keep = ((purity > u) & (summed > 0)) | ((purity < u) & (summed < 0))  # [K, F]
         mask = self.leak + (1.0 - self.leak) * keep.to(g.dtype)
-        kept = g * mask
+        kept = (per_sample * mask[:, None, :]).reshape(k, p)  # one mask per feature
         mass = g.abs().sum(1)
         weights[tasks] = torch.where(mass > 0, kept.abs().sum(1) / mass.clamp_min(1e-30), 0.0)
         return kept.sum(0), weights

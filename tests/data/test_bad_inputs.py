@@ -161,7 +161,27 @@ def _image_mode(make: Callable[[], Image.Image], fmt: str = "PNG", **clean_kw: A
     return _file_case(write, "mode." + fmt.lower(), **clean_kw)
 
 
-# (case id, setup, expected): ("reject", reason) | ("issue", task, reason) | ("kept", mode)
+def _id_reused_after_reject(root: Path, table: pd.DataFrame) -> tuple[pd.DataFrame,
+                                                                      dict[str, Any],
+                                                                      dict[str, Any]]:
+    """A row rejected for its file, then a valid row with the same id: the valid one stays."""
+    table = _add(table, _row("x-bad", "images/nope.png"), _row("x-bad", "images/0005.png"))
+    return table.drop(index=5).reset_index(drop=True), {}, {}
+
+
+def _pos_neg(root: Path, table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any],
+                                                       dict[str, Any]]:
+    """Declared classes [pos, neg] have no truth value: ``TRUE`` could mean either."""
+    table = _add(table, _row("x-bad", "images/0005.png", "cat", "TRUE")).drop(index=5)
+    table["b"] = table["b"].replace({"yes": "pos", "no": "neg"})
+    tasks = (TaskConfig("a", "a"), TaskConfig("b", "b", "binary", classes=("pos", "neg")))
+    return table.reset_index(drop=True), {"tasks": tasks}, {}
+
+
+_YES_NO = (TaskConfig("a", "a"), TaskConfig("b", "b", "binary", classes=("yes", "no")))
+
+# (case id, setup, expected): ("reject", reason) | ("issue", task, reason) | ("kept", mode) |
+# ("label", task, value): the row is kept with that label
 ROW_CASES: list[tuple[str, Setup, tuple[str, ...]]] = [
     ("empty_file", _file_case(lambda p: p.write_bytes(b"")), ("reject", "empty_file")),
     ("missing_file", _rows_case(_row("x-bad", "images/nope.png")), ("reject", "missing_file")),
@@ -199,6 +219,14 @@ ROW_CASES: list[tuple[str, Setup, tuple[str, ...]]] = [
     ("not_binary", _reuse("x-bad", "cat", "maybe"), ("issue", "b", "not_binary")),
     ("year_not_a_number", _with_year("twenty ten"), ("issue", "year", "not_a_number")),
     ("year_infinite", _with_year("inf"), ("issue", "year", "not_finite")),
+    # Declared classes [yes, no]: index 0 is "yes", so every spelling of yes must give "0".
+    ("binary_true_means_declared_yes", _reuse("x-bad", "cat", "TRUE", tasks=_YES_NO),
+     ("label", "b", "0")),
+    ("binary_one_means_declared_yes", _reuse("x-bad", "cat", "1", tasks=_YES_NO),
+     ("label", "b", "0")),
+    ("binary_capital_no", _reuse("x-bad", "cat", "NO", tasks=_YES_NO), ("label", "b", "1")),
+    ("binary_ambiguous_spelling", _pos_neg, ("issue", "b", "not_binary")),
+    ("id_reused_after_a_rejected_row", _id_reused_after_reject, ("label", "a", "cat")),
     ("cmyk_converted", _image_mode(lambda: Image.new("CMYK", (16, 16), (0, 0, 0, 255)), "JPEG"),
      ("kept", "CMYK")),
     ("sixteen_bit", _image_mode(lambda: Image.fromarray(
@@ -222,16 +250,22 @@ def _gif() -> Image.Image:
     return im
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
 @pytest.mark.parametrize(("setup", "expected"), [c[1:] for c in ROW_CASES],
                          ids=[c[0] for c in ROW_CASES])
 def test_bad_row_or_file(make_dataset: Callable[..., tuple[DatasetConfig, Path]],
                          clean_cfg: CleanConfig, setup: Setup,
-                         expected: tuple[str, ...]) -> None:
+                         expected: tuple[str, ...], fmt: str) -> None:
+    """Every case as CSV and as Parquet (where the empty cells are real nulls)."""
     cfg, root = make_dataset(n=6)
     table = pd.read_csv(root / "labels.csv", dtype=str)
     new_table, ds_kw, clean_kw = setup(root, table)
     assert new_table is not None
-    new_table.to_csv(root / "labels.csv", index=False)
+    if fmt == "parquet":
+        new_table.astype(object).to_parquet(root / "labels.parquet", index=False)
+        ds_kw = {"labels": "labels.parquet", **ds_kw}
+    else:
+        new_table.to_csv(root / "labels.csv", index=False)
     before = {p: p.read_bytes() for p in (root / "images").glob("*.png") if p.is_file()
               and not p.is_symlink()}
     result = clean(replace(cfg, **ds_kw), replace(clean_cfg, **clean_kw))
@@ -250,6 +284,11 @@ def test_bad_row_or_file(make_dataset: Callable[..., tuple[DatasetConfig, Path]]
         hit = issues[(issues["row"] == last) & (issues["task"] == expected[1])]
         assert list(hit["reason"]) == [expected[2]]
         assert last in set(result.manifest["row"])
+    elif expected[0] == "label":
+        kept = result.manifest.set_index("row")
+        assert last in kept.index, rejects.to_dict("index")
+        assert kept.loc[last, expected[1]] == expected[2]
+        assert result.label_issues[result.label_issues["row"] == last].empty
     else:
         kept = result.manifest.set_index("row")
         assert last in kept.index, rejects.to_dict("index")

@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 
 from mtl.config import CleanConfig, DatasetConfig, SelectConfig, TaskConfig
-from mtl.data.clean import FEATURE_PREFIX, clean
+from mtl.data.clean import clean
 from mtl.data.dedup import join_groups, near_duplicate_groups
-from mtl.data.features import apply_feature_encoders
-from mtl.data.select import SPLITS, select
+from mtl.data.features import FEATURE_PREFIX, apply_feature_encoders
+from mtl.data.select import select
+from mtl.schema import SPLITS
 
 MakeTable = Callable[..., tuple[DatasetConfig, Path]]
 CLEAN = CleanConfig(mode="L", min_size=4, workers=1)

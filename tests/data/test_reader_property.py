@@ -1,4 +1,4 @@
-"""Property-based tests of the labels-table reader (hypothesis)."""
+"""Property-based tests of the labels-table readers and the label normaliser (hypothesis)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,17 @@ import csv
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mtl.config import CleanConfig, DatasetConfig, TaskConfig
+from mtl.data.clean import REJECT_REASONS, clean
+from mtl.data.features import FEATURE_PREFIX
 from mtl.data.io import DataError, read_labels_table
+from mtl.data.labels import LabelNormaliser
+from tests.conftest import write_png
 
 _TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")) |
                 st.sampled_from([",", '"', "\n", "'", ";", " ", "\t"]), max_size=12)
@@ -58,3 +64,136 @@ def test_arbitrary_bytes_give_a_table_or_a_data_error(data: bytes, name: str) ->
             assert name in str(exc)
         else:
             assert isinstance(frame, pd.DataFrame)
+
+
+# ---------------------------------------------------------------------------------------------
+# The same logical table in CSV, TSV and Parquet gives the same clean manifest (issue 9).
+
+_N_IMAGES = 6  # images exist for ids 0..5; ids 6 and 7 have none (missing_file)
+_COLOURS = ["red", "Red", " RED ", "blue", "Blue  ", "green", "n/a", "NULL", "", "teal"]
+_FLAGS = ["yes", "No", "TRUE", "0", "1", " y ", "maybe", "N/A"]
+_TASKS = (
+    TaskConfig("colour", "colour", casefold=True, classes=("red", "blue", "green")),
+    TaskConfig("code", "code", classes=("3", "7")),
+    TaskConfig("flag", "flag", "binary", classes=("yes", "no")),
+    TaskConfig("weight", "weight", "regression"),
+)
+
+
+@st.composite
+def logical_tables(draw: st.DrawFn) -> pd.DataFrame:
+    """A labels table with nullable integer ids and codes, nulls, mixed case and padding."""
+    n = draw(st.integers(1, 8))
+    ints = st.none() | st.integers(0, 7)
+    col = {
+        "id": pd.array(draw(st.lists(ints, min_size=n, max_size=n)), dtype="Int64"),
+        "colour": draw(st.lists(st.none() | st.sampled_from(_COLOURS), min_size=n, max_size=n)),
+        "code": pd.array(draw(st.lists(st.none() | st.sampled_from([3, 7, 12]), min_size=n,
+                                       max_size=n)), dtype="Int64"),
+        "flag": draw(st.lists(st.none() | st.sampled_from(_FLAGS), min_size=n, max_size=n)),
+        "weight": draw(st.lists(st.none() | st.floats(-1e6, 1e6, allow_nan=False, width=32),
+                                min_size=n, max_size=n)),
+        "size": pd.array(draw(st.lists(st.none() | st.integers(-5, 10**6), min_size=n,
+                                       max_size=n)), dtype="Int64"),
+    }
+    frame = pd.DataFrame(col)
+    frame["weight"] = frame["weight"].astype("float64")
+    return frame
+
+
+def _write_table(frame: pd.DataFrame, path: Path) -> None:
+    if path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, sep="\t" if path.suffix == ".tsv" else ",", index=False)
+
+
+@settings(max_examples=25, deadline=None)
+@given(logical_tables())
+def test_every_format_gives_the_same_manifest_and_every_row_is_accounted(
+        frame: pd.DataFrame) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        for i in range(_N_IMAGES):
+            write_png(root / "images" / f"{i}.png", np.full((8, 8), 30 * i, np.uint8))
+        results = {}
+        for name in ("labels.csv", "labels.tsv", "labels.parquet"):
+            _write_table(frame, root / name)
+            cfg = DatasetConfig(dir=str(root), labels=name, image_column=None,
+                                image_template="images/{id}.png", tasks=_TASKS,
+                                feature_columns={"size": "numeric"})
+            try:
+                results[name] = clean(cfg, CleanConfig(min_size=4, workers=1))
+            except DataError as exc:  # a table-level stop must be the same in every format
+                results[name] = str(exc).replace(name, "<table>")
+    first = results["labels.csv"]
+    for name, result in results.items():
+        if isinstance(first, str):
+            assert result == first, name
+            continue
+        assert not isinstance(result, str), (name, result)
+        pd.testing.assert_frame_equal(result.manifest, first.manifest, obj=name)
+        pd.testing.assert_frame_equal(result.rejects, first.rejects, obj=name)
+        pd.testing.assert_frame_equal(result.label_issues, first.label_issues, obj=name)
+        # The ledger: every raw row exactly once, in the manifest or rejected with a reason.
+        rows = sorted([*result.manifest["row"], *result.rejects["row"]])
+        assert rows == list(range(len(frame)))
+        assert set(result.rejects["reason"]) <= set(REJECT_REASONS)
+        assert all(len(str(d)) > 5 for d in result.rejects["detail"])
+        # Integer ids stay integers: "3", never "3.0".
+        assert all(str(int(i)) == i for i in result.manifest["id"])
+        for v in result.manifest["code"]:
+            assert v is None or v in ("3", "7")
+        for v in result.manifest[FEATURE_PREFIX + "size"]:
+            assert v is None or str(int(v)) == v
+
+
+# ---------------------------------------------------------------------------------------------
+# Label normaliser: a round trip of the declared classes never changes a label's meaning.
+
+_WORD = st.text(alphabet=st.characters(codec="utf-8", categories=("L", "N", "P")),
+                min_size=1, max_size=6)
+_SPELLINGS = sorted({"1", "true", "yes", "y", "t", "0", "false", "no", "n", "f", "1.0", "0.0"})
+
+
+def _respell(draw: st.DrawFn, value: str, casefold: bool) -> str:
+    """The same label as a user might type it: padded, and in another case when allowed."""
+    if casefold:
+        value = "".join(c.upper() if draw(st.booleans()) else c.lower() for c in value)
+    pad = st.sampled_from(["", " ", "  ", "\t"])
+    return draw(pad) + value + draw(pad)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data(), st.lists(_WORD, min_size=2, max_size=4, unique_by=str.casefold),
+       st.booleans(), st.booleans())
+def test_declared_classes_keep_their_meaning(data: st.DataObject, classes: list[str],
+                                             casefold: bool, binary: bool) -> None:
+    # Case-variants of a class must stay that class, so classes differ after case folding.
+    if any(c.upper().casefold() != c.casefold() or c.lower().casefold() != c.casefold()
+           for c in classes):
+        return
+    if binary:
+        classes = classes[:2]
+    task = TaskConfig("t", "t", "binary" if binary else "multiclass", classes=tuple(classes),
+                      casefold=casefold)
+    norm = LabelNormaliser.fit(task, classes, ())
+    for i, cls in enumerate(classes):
+        raw = _respell(data.draw, cls, casefold)
+        value, issue = norm(raw)
+        assert issue is None, (raw, cls)
+        assert value == (str(i) if binary else cls), (raw, cls, value)
+    if binary:
+        # A built-in spelling means its truth value: it maps to the declared class with that
+        # truth value, or it is an issue; never to the class meaning the opposite.
+        spelling = data.draw(st.sampled_from(_SPELLINGS))
+        value, issue = norm(_respell(data.draw, spelling, True))
+        if value is not None:
+            truth = spelling in ("1", "true", "yes", "y", "t", "1.0")
+            meant = classes[int(value)].casefold()
+            if meant in _SPELLINGS:
+                assert (meant in ("1", "true", "yes", "y", "t", "1.0")) == truth
+            else:
+                assert meant == spelling, (spelling, classes, value)
+        else:
+            assert issue == "not_binary"

@@ -1,0 +1,127 @@
+"""How the trainer drives the weighting methods: ``step_end`` once per optimiser step on the
+losses of all its micro-batches, the same state on every DDP rank, and the representation
+backend refused where the architecture has no shared representation (issue 8)."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import Tensor
+
+from mtl.train import Distributed, _build_loop, fit, train_one_epoch
+from mtl.weighting.famo import FAMO
+from tests.test_train import TASKS, make_split, tiny_cfg
+
+
+class RecordingFAMO(FAMO):
+    """FAMO that records the losses it is given per micro-batch and at each ``step_end``."""
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__(num_tasks)
+        self.micro: list[tuple[Tensor, Tensor]] = []
+        self.ends: list[tuple[Tensor, Tensor]] = []
+
+    def weights(self, losses: Tensor, present: Tensor) -> Tensor:
+        self.micro.append((losses.detach().double().cpu(), present.cpu()))
+        return super().weights(losses, present)
+
+    def step_end(self, losses: Tensor, present: Tensor) -> None:
+        self.ends.append((losses.detach().double().cpu(), present.cpu()))
+        super().step_end(losses, present)
+
+
+@pytest.mark.parametrize("accum", [1, 4])
+def test_step_end_once_per_optimiser_step_on_accumulated_losses(accum: int,
+                                                                tmp_path: Path) -> None:
+    """10 batches with ``grad_accum=4``: 3 optimiser steps (4 + 4 + 2 micro-batches), so 3
+    ``step_end`` calls, each with every task's mean loss over the micro-batches of that step in
+    which it was labelled (30 % of labels missing, batch 8: tasks are often absent). Before the
+    fix ``step_end`` ran once per micro-batch on that micro-batch's losses: FAILED for 4."""
+    cfg = tiny_cfg(tmp_path, weighting="famo", batch_size=8, grad_accum=accum,
+                   log_conflict_every=0)
+    data = make_split(80, 0, missing=0.3)
+    loop = _build_loop(TASKS, cfg, 1, 0, torch.device("cpu"), 10, Distributed())
+    rec = RecordingFAMO(len(TASKS))
+    loop.weighting = rec
+    train_one_epoch(loop, data)
+    assert len(rec.micro) == 10
+    assert len(rec.ends) == math.ceil(10 / accum) == loop.step
+    for j, (mean, present) in enumerate(rec.ends):
+        group = rec.micro[j * accum:(j + 1) * accum]
+        losses = torch.stack([l_ for l_, _ in group])  # [micro, T]
+        mask = torch.stack([p for _, p in group])  # [micro, T]
+        n = mask.sum(0)
+        expected = torch.where(n > 0, (losses * mask).sum(0) / n.clamp(min=1), 0.0)
+        assert torch.equal(present, n > 0)
+        torch.testing.assert_close(mean[present], expected[present], rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------- DDP
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        # task "d" labelled in every 5th sample only: in a batch of 8 split over two ranks it
+        # is often present on one rank only
+        data = make_split(64, 0, missing=0.3)
+        d = make_split(64, 0).targets["d"].copy()
+        d[torch.arange(64).numpy() % 5 != 0] = float("nan")
+        data.targets["d"] = d
+        for weighting in ("famo", "dwa"):
+            cfg = tiny_cfg(Path(out), weighting=weighting, batch_size=8, log_conflict_every=0,
+                           epochs=2, grad_accum=2)
+            loop = _build_loop(TASKS, cfg, 1, 0, torch.device("cpu"), 4, Distributed(rank, 2))
+            for _ in range(2):
+                train_one_epoch(loop, data)
+            torch.save(loop.weighting.state_dict(), Path(out) / f"{weighting}-rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_hold_identical_weighting_state(tmp_path: Path) -> None:
+    """Two gloo processes, a task often labelled on one rank only: after 2 epochs every rank
+    holds the same method state (FAMO's logits/moments/reference losses, DWA's history), and
+    it moved. Before the fix each rank passed its own ``present`` to ``step_end`` (and DWA's
+    epoch means averaged in zeros from ranks without the task): FAILED."""
+    mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    for weighting, moved in (("famo", "logits"), ("dwa", "history")):
+        a = torch.load(tmp_path / f"{weighting}-rank0.pt", weights_only=True)
+        b = torch.load(tmp_path / f"{weighting}-rank1.pt", weights_only=True)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k].nan_to_num(-7.0), b[k].nan_to_num(-7.0)), (weighting, k)
+        assert bool(torch.isfinite(a[moved]).all()) and bool((a[moved] != 0).any()), weighting
+
+
+# ------------------------------------------------------------ representation backend refused
+@pytest.mark.parametrize("architecture", ["mtan", "cross_stitch"])
+def test_representation_backend_refused_without_a_shared_representation(
+        architecture: str, tmp_path: Path) -> None:
+    """MTAN and cross-stitch give each task its own representation: the representation backend
+    would train their task modules with doubled gradients and see no conflict. Before the fix
+    it trained without a word: FAILED."""
+    cfg = replace(tiny_cfg(tmp_path, weighting="pcgrad", backend="representation"),
+                  architecture=architecture, architecture_kwargs={})
+    with pytest.raises(ValueError, match="supports_representation is False"):
+        fit(TASKS, make_split(16, 0), make_split(8, 1), cfg, 1, torch.device("cpu"))
+
+
+def test_backend_the_method_does_not_support_is_refused_at_build(tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path, weighting="db_mtl", backend="representation")
+    with pytest.raises(ValueError, match=r"not supported by train.weighting='db_mtl'"):
+        fit(TASKS, make_split(16, 0), make_split(8, 1), cfg, 1, torch.device("cpu"))
