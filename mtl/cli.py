@@ -166,26 +166,58 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"{resumed}; model saved to {out}")
 
 
+def cmd_baseline(args: argparse.Namespace) -> None:
+    from mtl.baseline import baseline_stage
+    from mtl.checkpoint import save_checkpoint
+    from mtl.train import needs_torchrun, relaunch_under_torchrun
+
+    if not args.task:
+        raise ValueError("mtl baseline: expected --task NAME (a task of dataset.tasks), found none")
+    p = _params(args)
+    if p.evaluate.baselines and needs_torchrun(p.train):
+        code = relaunch_under_torchrun(p.train.nproc, sys.argv[1:])
+        if code != 0:
+            raise SystemExit(code)
+        return
+    out = Path(args.out.replace("TASK", args.task))
+    result = baseline_stage(p.train, args.task, p.evaluate.baselines,
+                            read_json(Path(args.selected) / "schema.json"),
+                            read_json(Path(args.augmented) / "meta.json"), Path(args.augmented),
+                            save=lambda payload: save_checkpoint(out, payload),
+                            echo=lambda line: print(line, flush=True))
+    if result is not None:
+        print(f"baseline: {args.task}: best epoch {result.fit.best_epoch + 1} (val score "
+              f"{result.fit.best_score:.4f}); model saved to {out}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from mtl.checkpoint import load_checkpoint
     from mtl.evaluate import evaluate_stage
 
     p = _params(args)
     ckpt = load_checkpoint(Path(args.model))
+    report = Path(args.report)
     result = evaluate_stage(ckpt, Path(args.augmented),
                             read_json(Path(args.clean_report)),
-                            read_json(Path(args.select_report)), p.evaluate, p.train.device)
+                            read_json(Path(args.select_report)), p.evaluate, p.train.device,
+                            baselines=Path(args.baselines), live=Path(args.live),
+                            figures=Path(args.figures), report_dir=report.parent)
     write_json(Path(args.metrics), result.metrics)
     plots = Path(args.plots)
     plots.mkdir(parents=True, exist_ok=True)
     for name, frame in result.confusion.items():
         frame.to_csv(plots / f"confusion_{name}.csv", index=False)
-    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.report).write_text(result.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(result.report)
     for name, m in result.metrics.items():
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "n")
-        print(f"evaluate: {name}: {shown}")
-    print(f"evaluate: metrics {args.metrics}, confusion plots {plots}, report {args.report}")
+        if isinstance(m, dict):
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
+            print(f"evaluate: {name}: {shown}")
+    if "delta_m" in result.metrics:
+        print(f"evaluate: delta_m {result.metrics['delta_m']:+.2f} % against the single-task "
+              "baselines (positive = multi-task better)")
+    print(f"evaluate: metrics {args.metrics}, confusion plots {plots}, report {args.report}, "
+          f"figures {args.figures}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -248,10 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
          ("--augmented", "data/augmented", "augment stage output"),
          ("--out", "models/model.pt", "checkpoint path"),
          ("--live", "dvclive", "dvclive metrics folder")])
+    add("baseline", cmd_baseline,
+        "Train one single-task baseline: the train settings minus the multi-task ones (reads "
+        "train.* except weighting, weighting_kwargs, architecture, architecture_kwargs, "
+        "backend, log_conflict_every; evaluate.baselines).",
+        [("--task", "", "the task to train alone (a name in dataset.tasks)"),
+         ("--selected", "data/selected", "select stage output (schema.json)"),
+         ("--augmented", "data/augmented", "augment stage output"),
+         ("--out", "models/baselines/TASK.pt", "checkpoint path (TASK: the task name)")])
     add("evaluate", cmd_evaluate,
-        "Evaluate on the test split; metrics, confusion plots and report (reads evaluate.*, "
-        "train.device).",
+        "Evaluate the model and its single-task baselines on the test split; metrics, Δm, "
+        "confusion plots, figures and report (reads evaluate.*, train.device).",
         [("--model", "models/model.pt", "checkpoint"),
+         ("--baselines", "models/baselines", "folder of the baseline checkpoints"),
+         ("--live", "dvclive", "the train stage's dvclive folder (training curves)"),
+         ("--figures", "reports/figures", "folder for the report's PNG figures"),
          ("--augmented", "data/augmented", "augment stage output"),
          ("--clean-report", "data/clean/report.json", "clean report"),
          ("--select-report", "data/selected/report.json", "select report"),

@@ -478,6 +478,8 @@ class EvaluateConfig(_Section):
     """Evaluation on the held-out test split."""
 
     batch_size: PosInt = 512
+    # Train one single-task model per task (stages baseline@task<i>) and report Δm against them.
+    baselines: Bool = True
 
 
 @dataclass(frozen=True, config=_CONFIG)

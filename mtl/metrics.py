@@ -45,12 +45,20 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    """MAE and RMSE in the target's original units."""
-    err = y_pred.astype(np.float64) - y_true.astype(np.float64)
+    """MAE, RMSE and R² in the target's original units.
+
+    R² is computed on these rows (1 - SS_res / SS_tot around ``y_true``'s own mean), so it is
+    the R² of the split being scored; ``NaN`` when fewer than two rows or a constant ``y_true``
+    leave it undefined.
+    """
+    t = y_true.astype(np.float64)
+    err = y_pred.astype(np.float64) - t
     n = len(err)
+    ss_tot = float(((t - t.mean()) ** 2).sum()) if n else 0.0
     return {
         "mae": float(np.abs(err).mean()) if n else math.nan,
         "rmse": float(np.sqrt((err**2).mean())) if n else math.nan,
+        "r2": 1.0 - float((err**2).sum()) / ss_tot if n >= 2 and ss_tot > 0 else math.nan,
         "n": n,
     }
 

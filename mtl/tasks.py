@@ -18,7 +18,6 @@ its label, and a batch in which no sample carries it contributes nothing for tha
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtl import kind_metrics as km
 from mtl.metrics import classification_metrics, multilabel_metrics, regression_metrics
 from mtl.schema import TaskKind, TaskSchema
 
@@ -53,6 +53,8 @@ class KindSpec:
     metric_keys: ClassVar[tuple[str, ...]]
     #: a single class per sample: evaluate writes ``(actual, predicted)`` confusion pairs
     has_confusion: ClassVar[bool] = False
+    #: the test metric compared with the single-task baseline in Δm, and whether higher is better
+    delta_metric: ClassVar[tuple[str, bool]] = ("accuracy", True)
 
     def head_size(self, task: TaskSchema) -> int:
         """Number of outputs the task's head produces."""
@@ -77,6 +79,12 @@ class KindSpec:
 
     def metrics(self, task: TaskSchema, target: np.ndarray, output: np.ndarray) -> dict[str, Any]:
         """Metrics of labelled samples only: ``target [n]`` (or ``[n, K]``), ``output [n, K]``."""
+        raise NotImplementedError
+
+    def test_metrics(self, task: TaskSchema, output: np.ndarray,
+                     target: np.ndarray) -> dict[str, Any]:
+        """The evaluate stage's metrics (:mod:`mtl.kind_metrics`, scikit-learn) from the raw
+        head output ``[N, K]`` and the target column (``NaN`` rows are left out)."""
         raise NotImplementedError
 
     def score(self, task: TaskSchema, metrics: Mapping[str, Any]) -> float:
@@ -109,6 +117,10 @@ class MulticlassSpec(KindSpec):
         return classification_metrics(target.astype(np.int64), self.decode(task, output),
                                       len(task.classes))
 
+    def test_metrics(self, task: TaskSchema, output: np.ndarray,
+                     target: np.ndarray) -> dict[str, Any]:
+        return km.multiclass_metrics(output, target, task.classes)
+
 
 class BinarySpec(MulticlassSpec):
     """Two classes with one logit: BCE-with-logits, decoded at logit 0 (probability 0.5)."""
@@ -128,12 +140,17 @@ class BinarySpec(MulticlassSpec):
         return {task.name: [task.classes[i] for i in self.decode(task, output)],
                 f"{task.name}_probability": 1 / (1 + np.exp(-output[:, 0]))}
 
+    def test_metrics(self, task: TaskSchema, output: np.ndarray,
+                     target: np.ndarray) -> dict[str, Any]:
+        return km.binary_metrics(output, target)
+
 
 class RegressionSpec(KindSpec):
     """A standardised value: MSE; decoded, scored and reported in the original units."""
 
     kind = TaskKind.REGRESSION
-    metric_keys = ("mae", "rmse")
+    metric_keys = ("mae", "rmse", "r2")
+    delta_metric = ("mae", False)
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return F.mse_loss(output.squeeze(-1), target.float())
@@ -147,10 +164,14 @@ class RegressionSpec(KindSpec):
     def metrics(self, task: TaskSchema, target: np.ndarray, output: np.ndarray) -> dict[str, Any]:
         return regression_metrics(target * task.std + task.mean, self.decode(task, output))
 
+    def test_metrics(self, task: TaskSchema, output: np.ndarray,
+                     target: np.ndarray) -> dict[str, Any]:
+        return km.regression_metrics(output, target, task.mean, task.std)
+
     def score(self, task: TaskSchema, metrics: Mapping[str, Any]) -> float:
-        """R² (1 - MSE / variance, the target being standardised by ``task.std``)."""
-        rmse = metrics["rmse"]
-        return 1.0 - (rmse / task.std) ** 2 if not math.isnan(rmse) else math.nan
+        """R² on the split being scored (1 - SS_res / SS_tot around that split's own mean): a
+        model that always predicts the split's mean scores 0, whatever the training std."""
+        return float(metrics["r2"])
 
 
 class MultilabelSpec(KindSpec):
@@ -158,6 +179,7 @@ class MultilabelSpec(KindSpec):
 
     kind = TaskKind.MULTILABEL
     metric_keys = ("accuracy", "macro_f1", "micro_f1")
+    delta_metric = ("micro_f1", True)
 
     def head_size(self, task: TaskSchema) -> int:
         return len(task.classes)
@@ -181,6 +203,10 @@ class MultilabelSpec(KindSpec):
 
     def metrics(self, task: TaskSchema, target: np.ndarray, output: np.ndarray) -> dict[str, Any]:
         return multilabel_metrics(target, self.decode(task, output))
+
+    def test_metrics(self, task: TaskSchema, output: np.ndarray,
+                     target: np.ndarray) -> dict[str, Any]:
+        return km.multilabel_metrics(output, target, task.classes)
 
 
 KINDS: dict[TaskKind, KindSpec] = {spec.kind: spec for spec in (

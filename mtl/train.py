@@ -504,7 +504,16 @@ def _restore(loop: TrainLoop, state: dict[str, Any]) -> FitResult:
 def fit(tasks: Sequence[TaskSchema], train: SplitData, val: SplitData, cfg: TrainConfig,
         in_channels: int, device: torch.device, log: Logger | None = None,
         dist_: Distributed | None = None) -> tuple[MultiTaskModel, FitResult]:
-    """Build the model and weighting from ``cfg``, train, keep the best epoch on validation."""
+    """Build the model and weighting from ``cfg``, train, keep the best epoch on validation.
+
+    An empty validation split is refused: selecting the epoch on the training split would report
+    a training score as the validation score.
+    """
+    if len(val) == 0:
+        raise ValueError(
+            "train: expected a non-empty validation split for model selection, found 0 "
+            "validation rows; give the split column 'val' rows or set select.val_fraction > 0 "
+            "(used when the data has no split column)")
     dist_ = dist_ or Distributed()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -527,7 +536,7 @@ def fit(tasks: Sequence[TaskSchema], train: SplitData, val: SplitData, cfg: Trai
         if cfg.early_stopping and stale >= cfg.early_stopping:
             break
         stats = train_one_epoch(loop, train)
-        score, metrics = validate(loop.model, tasks, val if len(val) else train, device,
+        score, metrics = validate(loop.model, tasks, val, device,
                                   cfg.batch_size * 4)
         row = _epoch_row(stats, score, metrics, tasks, float(loop.scheduler.get_last_lr()[0]))
         if log is not None and dist_.is_main:

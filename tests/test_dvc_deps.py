@@ -16,7 +16,7 @@ import yaml
 from mtl.closure import PACKAGE_ROOT, function_closure, module_closure
 from tests.conftest import REPO_ROOT
 
-STAGES = ("ingest", "clean", "select", "augment", "train", "evaluate")
+STAGES = ("ingest", "clean", "select", "augment", "train", "baseline", "evaluate")
 
 
 def _listed(stage: str) -> set[str]:

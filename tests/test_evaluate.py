@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,12 @@ CLS = TaskSchema("colour", TaskKind.MULTICLASS, "colour", classes=("red", "green
 BIN = TaskSchema("sale", TaskKind.BINARY, "sale", classes=("no", "yes"))
 REG = TaskSchema("year", TaskKind.REGRESSION, "year", mean=2000.0, std=10.0)
 MUL = TaskSchema("tags", TaskKind.MULTILABEL, "tags", classes=("a", "b"))
+CLEAN_REPORT = {"raw_rows": 40, "clean_rows": 40, "rejected_rows": 0, "rejects_by_reason": {},
+                "duplicates": {}, "hierarchy": {}}
+SELECT_REPORT = {"split_source": "data", "split_sizes": {"test": 40}, "groups": {},
+                 "tasks": {"colour": {"kept": True, "coverage": 1.0},
+                           "sale": {"kept": True, "coverage": 1.0}},
+                 "features": {"kept": [], "decisions": []}}
 
 
 def test_classification_metrics_known_answer() -> None:
@@ -133,8 +140,8 @@ def test_report_from_real_clean_and_select_outputs(
             f"train/val/test: {s['groups']['groups_across_splits']}") in report
     for name, t in s["tasks"].items():
         assert f"- task `{name}`: kept (label coverage {t['coverage']:.1%})" in report
-    assert "| a | multiclass | accuracy | 0.5000 | 8 |" in report
-    assert "| b | binary | macro_f1 | 0.5000 | 8 |" in report
+    assert "| a | multiclass | accuracy | 0.5000 | – | 8 |" in report
+    assert "| b | binary | macro_f1 | 0.5000 | – | 8 |" in report
     renamed = {**c, "rejected": c["rejected_rows"]}
     del renamed["rejected_rows"]
     with pytest.raises(KeyError, match="rejected_rows"):
@@ -155,3 +162,95 @@ def test_every_task_kind_has_one_complete_spec() -> None:
         assert set(spec.metric_keys) <= set(m) and m["n"] == 6, task.kind
         assert spec.score(task, m) == pytest.approx(1.0), task.kind
         assert len(next(iter(spec.columns(task, out).values()))) == 6
+
+
+def test_regression_selection_score_is_r2_on_the_scored_split() -> None:
+    """Always predicting the split's mean is worth R² = 0 (the old score, built on the training
+    std, gave 0.993 here)."""
+    from mtl.metrics import task_score
+
+    targets = {"year": np.array([-0.1, 0.0, 0.1], np.float32)}  # 1999, 2000, 2001
+    outputs = {"year": np.zeros((3, 1), np.float32)}  # always 2000, this split's mean
+    m = task_metrics((REG,), outputs, targets)["year"]
+    assert task_score(REG, m) == pytest.approx(0.0, abs=1e-6)
+    perfect = task_metrics((REG,), {"year": targets["year"][:, None]}, targets)["year"]
+    assert task_score(REG, perfect) == pytest.approx(1.0)
+
+
+def test_fit_refuses_an_empty_validation_split(tmp_path: Path) -> None:
+    """Selecting on the training split and logging it as validation is refused."""
+    from mtl.splits import SplitData
+    from mtl.train import fit
+    from tests.test_train import TASKS as TASKS_ABCD
+    from tests.test_train import make_split, tiny_cfg
+
+    train = make_split(32, 0)
+    empty = SplitData(train.images[:0], {k: v[:0] for k, v in train.targets.items()})
+    with pytest.raises(ValueError, match=r"non-empty validation split.*found 0"):
+        fit(TASKS_ABCD, train, empty, tiny_cfg(tmp_path, epochs=1), 1, torch.device("cpu"))
+
+
+def _write_test_split(augmented: Path, targets: dict[str, np.ndarray], n: int) -> None:
+    out = augmented / "test"
+    out.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.save(out / "images-00000.npy", rng.integers(0, 255, (n, 16, 16, 1), dtype=np.uint8))
+    pd.DataFrame({"id": [f"t{i}" for i in range(n)], "copy": 0, **targets}).to_parquet(
+        out / "labels.parquet", index=False)
+
+
+def test_evaluate_stage_compares_with_baselines_and_draws_figures(tmp_path: Path) -> None:
+    """Known answer: the ``sale`` baseline holds exactly the multi-task model's encoder and
+    ``sale`` head, so its Δ is 0; ``colour`` has only a skipped marker (no Δm term)."""
+    from mtl.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
+    from mtl.config import EvaluateConfig, TrainConfig
+    from mtl.delta import skipped_baseline
+    from mtl.evaluate import evaluate_stage
+
+    torch.manual_seed(0)
+    tasks = (CLS, BIN)
+    schema = {"tasks": [t.to_dict() for t in tasks]}
+    cfg = TrainConfig()
+    model = create_model("hps", "smallcnn", tasks, in_channels=1)
+    save_checkpoint(tmp_path / "model.pt",
+                    build_checkpoint(model.state_dict(), schema, cfg, 1, [16, 16], 0, 0, 0.5))
+    # The single-task model of `sale`: the same encoder, head 1 renamed head 0.
+    state = {k.replace("heads.heads.1.", "heads.heads.0."): v
+             for k, v in model.state_dict().items() if not k.startswith("heads.heads.0.")}
+    bdir = tmp_path / "baselines"
+    save_checkpoint(bdir / "sale.pt", build_checkpoint(
+        state, {"tasks": [BIN.to_dict()]}, cfg, 1, [16, 16], 0, 0, 0.5))
+    save_checkpoint(bdir / "colour.pt", skipped_baseline("colour", "evaluate.baselines is false"))
+    n = 40
+    rng = np.random.default_rng(1)
+    _write_test_split(tmp_path / "augmented", {"colour": rng.integers(0, 3, n).astype(np.float32),
+                                               "sale": rng.integers(0, 2, n).astype(np.float32)},
+                      n)
+    ckpt = load_checkpoint(tmp_path / "model.pt")
+    reports = tmp_path / "reports"
+    out = evaluate_stage(ckpt, tmp_path / "augmented", CLEAN_REPORT, SELECT_REPORT,
+                         EvaluateConfig(batch_size=16), "cpu", baselines=bdir,
+                         live=tmp_path / "no-dvclive", figures=reports / "figures",
+                         report_dir=reports)
+    sale = out.metrics["sale"]
+    assert sale["stl"]["accuracy"] == sale["accuracy"] and sale["stl"]["n"] == n
+    assert (sale["delta_metric"], sale["higher_is_better"]) == ("accuracy", True)
+    assert sale["delta_pct"] == 0.0 and out.metrics["delta_m"] == 0.0
+    assert "stl" not in out.metrics["colour"] and "auroc" in sale and "ece" in sale
+    assert set(out.tables["colour"]["per_class"]) == {"red", "green", "blue"}
+    # The report links PNGs next to it; each one exists.
+    assert "## Did multi-task help?" in out.report and "**Δm = +0.00 %**" in out.report
+    assert "no baseline: evaluate.baselines is false" in out.report
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", out.report)
+    assert "figures/confusion_colour.png" in links and "figures/delta.png" in links
+    for link in links:
+        assert (reports / link).read_bytes()[:4] == b"\x89PNG"
+    # Switched off: the baseline folder is not read at all and there is no Δm.
+    off = evaluate_stage(ckpt, tmp_path / "augmented", CLEAN_REPORT, SELECT_REPORT,
+                         EvaluateConfig(batch_size=16, baselines=False), "cpu",
+                         baselines=tmp_path / "missing")
+    assert "delta_m" not in off.metrics and "stl" not in off.metrics["sale"]
+    assert "`evaluate.baselines: false`" in off.report
+    with pytest.raises(FileNotFoundError, match=r"evaluate\.baselines: false"):
+        evaluate_stage(ckpt, tmp_path / "augmented", CLEAN_REPORT, SELECT_REPORT,
+                       EvaluateConfig(), "cpu", baselines=tmp_path / "missing")

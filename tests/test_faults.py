@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -49,7 +50,11 @@ def _declared_outputs(project: Path) -> list[Path]:
     for stage in stages.values():
         for kind in ("outs", "metrics", "plots"):
             for entry in stage.get(kind, []):
-                paths.append(project / (entry if isinstance(entry, str) else next(iter(entry))))
+                rel = entry if isinstance(entry, str) else next(iter(entry))
+                if "${" in rel:  # a matrix stage's templated output: every instance's file
+                    paths += sorted(project.glob(re.sub(r"\$\{[^}]*\}", "*", rel)))
+                else:
+                    paths.append(project / rel)
     return paths
 
 

@@ -29,6 +29,9 @@ repo.lock.unlock()
 SMALL = {"ingest": {"n_train": 300, "n_val": 60, "n_test": 100},
          "train": {"epochs": 1, "batch_size": 64}}
 STAGES = ["ingest", "clean", "select", "augment", "train", "evaluate"]
+# The project's dvc.yaml as DVC orders it: the baseline matrix has one stage per task.
+PIPELINE = ["ingest", "clean", "select", "augment", "train", "baseline@task0", "baseline@task1",
+            "evaluate"]
 # The project's graph as DVC reports it: (upstream, downstream).
 EDGES = [("ingest", "clean"), ("clean", "select"), ("ingest", "augment"), ("select", "augment"),
          ("select", "train"), ("augment", "train"), ("train", "evaluate"),
@@ -71,9 +74,9 @@ def test_plan_named_stages_and_orphans() -> None:
 @pytest.mark.slow
 def test_plan_comes_from_dvc(tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj")
-    assert stage_order(project) == STAGES
+    assert stage_order(project) == PIPELINE
     plan = plan_stages(project)
-    assert plan.stale == STAGES  # nothing has run: DVC reports every stage
+    assert plan.stale == PIPELINE  # nothing has run: DVC reports every stage
     assert "ingest" in plan.reasons and plan.reasons["ingest"] != ""
     assert plan_stages(project, ["evaluate", "train"]).order == ["train", "evaluate"]
 
@@ -122,36 +125,37 @@ def test_flow_runs_stale_stages_on_a_real_server(tmp_path: Path, prefect_server:
     state = mtl_pipeline(project_dir=str(project), return_state=True)
     assert state.is_completed(), state
     outputs = state.result()
-    assert list(outputs) == STAGES
+    assert list(outputs) == PIPELINE
     assert "Running stage 'evaluate'" in outputs["evaluate"]
-    runs = _runs(state.state_details.flow_run_id, 1 + len(STAGES))
+    runs = _runs(state.state_details.flow_run_id, 1 + len(PIPELINE))
     repro = {name: (kind, sname) for name, kind, sname, _ in runs if name.startswith("dvc repro")}
-    assert repro == {f"dvc repro {s}": ("COMPLETED", "Completed") for s in STAGES}
+    assert repro == {f"dvc repro {s}": ("COMPLETED", "Completed") for s in PIPELINE}
     assert {"mtl-stage-plan", "mtl-eval-metrics", "mtl-report"} <= _artifact_keys()
     assert (project / "metrics" / "eval.json").is_file()
 
     # Second run: DVC finds everything cached; no stage runs, each is marked Cached.
     state = mtl_pipeline(project_dir=str(project), return_state=True)
     assert state.is_completed(), state
-    runs = _runs(state.state_details.flow_run_id, 1 + len(STAGES))
+    runs = _runs(state.state_details.flow_run_id, 1 + len(PIPELINE))
     assert not [r for r in runs if r[0].startswith("dvc repro")]
     cached = {name: (kind, sname) for name, kind, sname, _ in runs if name.startswith("dvc cached")}
-    assert cached == {f"dvc cached {s}": ("COMPLETED", "Cached") for s in STAGES}
+    assert cached == {f"dvc cached {s}": ("COMPLETED", "Cached") for s in PIPELINE}
 
-    # A train.* change: train is stale, evaluate is downstream of it; the rest is cached.
+    # A multi-task train.* change: train is stale, evaluate is downstream of it; the rest
+    # (the single-task baselines included) is cached.
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"]["lr"] = params["train"]["lr"] / 2
+    params["train"]["weighting"] = "uncertainty"
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     state = mtl_pipeline(project_dir=str(project), return_state=True)
     assert state.is_completed(), state
     outputs = state.result()
     assert "Running stage 'train'" in outputs["train"]
     assert "Running stage 'evaluate'" in outputs["evaluate"]
-    runs = _runs(state.state_details.flow_run_id, 1 + len(STAGES))
+    runs = _runs(state.state_details.flow_run_id, 1 + len(PIPELINE))
     assert sorted(n for n, *_ in runs if n.startswith("dvc repro")) == [
         "dvc repro evaluate", "dvc repro train"]
     assert sorted(n for n, _, s, _ in runs if s == "Cached") == sorted(
-        f"dvc cached {s}" for s in STAGES[:4])
+        f"dvc cached {s}" for s in PIPELINE if s not in ("train", "evaluate"))
 
     # Another DVC process holds the repository lock: the status check is retried, then runs.
     holder = subprocess.Popen(
