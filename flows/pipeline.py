@@ -273,8 +273,11 @@ def publish_artifacts(project_dir: Path, plan: StagePlan) -> None:
         create_table_artifact(rows, key="mtl-eval-metrics",
                               description="Test metrics per task (metrics/eval.json)")
     if report_path.is_file():
-        create_markdown_artifact(report_path.read_text(), key="mtl-report",
-                                 description="reports/report.md")
+        from mtl.figures import inline_images  # matplotlib: only when there is a report
+
+        # The report's pictures are PNG files next to it; the artifact carries them inline.
+        create_markdown_artifact(inline_images(report_path.read_text(), report_path.parent),
+                                 key="mtl-report", description="reports/report.md")
 
 
 @flow(name="mtl-pipeline", log_prints=True)

@@ -45,7 +45,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from mtl.config import SweepConfig, parse_section
+from mtl.config import load_params
 from mtl.sweep import (
     Promotion,
     RunRecord,
@@ -208,9 +208,7 @@ def _checkpoint_score(root: Path, rev: str | None) -> float | None:
 
 def _promote_margin(root: Path) -> float:
     """``sweep.promote_margin`` from params.yaml (validated; the default when absent)."""
-    params = yaml.safe_load((root / "params.yaml").read_text()) or {}
-    section = parse_section(SweepConfig, params.get("sweep") or {}, "sweep")
-    return float(section.promote_margin)
+    return float(load_params(root / "params.yaml").sweep.promote_margin)
 
 
 def _publish(markdown: str, picture: Path | None, records: Sequence[RunRecord]) -> None:

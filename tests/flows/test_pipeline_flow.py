@@ -106,14 +106,19 @@ def _runs(flow_run_id: Any, expected: int) -> list[tuple[str, str, str, int]]:
         time.sleep(1)
 
 
-def _artifact_keys() -> set[str]:
+def _artifacts() -> dict[str, str]:
+    """Key -> data of every keyed artifact on the server."""
     from prefect.client.orchestration import get_client
 
-    async def read() -> set[str]:
+    async def read() -> dict[str, str]:
         async with get_client() as client:
-            return {a.key for a in await client.read_artifacts() if a.key}
+            return {a.key: str(a.data) for a in await client.read_artifacts() if a.key}
 
     return asyncio.run(read())
+
+
+def _artifact_keys() -> set[str]:
+    return set(_artifacts())
 
 
 @pytest.mark.slow
@@ -132,6 +137,10 @@ def test_flow_runs_stale_stages_on_a_real_server(tmp_path: Path, prefect_server:
     assert repro == {f"dvc repro {s}": ("COMPLETED", "Completed") for s in PIPELINE}
     assert {"mtl-stage-plan", "mtl-eval-metrics", "mtl-report"} <= _artifact_keys()
     assert (project / "metrics" / "eval.json").is_file()
+    # The report artifact shows the report's figures inline (the PNGs next to reports/report.md).
+    report = _artifacts()["mtl-report"]
+    assert "](figures/" in (project / "reports" / "report.md").read_text()
+    assert "data:image/png;base64," in report and "](figures/" not in report
 
     # Second run: DVC finds everything cached; no stage runs, each is marked Cached.
     state = mtl_pipeline(project_dir=str(project), return_state=True)
