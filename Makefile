@@ -11,6 +11,9 @@ export PREFECT_HOME ?= $(abspath .prefect)
 # Without PREFECT_API_URL, a flow starts Prefect's temporary API server, whose default start-up
 # timeout (20 s) is too short on a loaded machine; its database is created at install (below).
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 600
+# No anonymous usage telemetry from the local API server (there may be no network; a failing
+# heartbeat only adds tracebacks to the log).
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 PREFECT_DB := $(PREFECT_HOME)/prefect.db
 
 .PHONY: install run test test-fast lint bench mutate clean-outputs help

@@ -32,7 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 __all__ = ["DvcLockBusy", "StageFailed", "StagePlan", "make_plan", "mtl_pipeline", "plan_stages",
-           "run_stage", "stage_order", "topological"]
+           "run_stage", "stage_order", "topological", "upstream_of"]
 
 LOCK_MESSAGES = ("unable to acquire lock", "lock is already held", "is busy", "lockerror")
 LOCK_RETRY_DELAYS: list[float] = [2, 5, 10, 20, 30]  # seconds before each retry
@@ -121,7 +121,17 @@ def _describe(status: list[Any]) -> str:
     return "; ".join(parts) or "changed"
 
 
-def _read_dvc(project_dir: Path) -> tuple[list[str], list[tuple[str, str]], dict[str, str]]:
+def upstream_of(project_dir: Path, stage: str) -> list[str]:
+    """The stages ``stage`` depends on, directly or not, in dependency order (DVC's graph)."""
+    nodes, edges, _ = _read_dvc(project_dir, with_status=False)
+    if stage not in nodes:
+        raise ValueError(f"expected a stage named {stage!r} in the pipeline, found {nodes}")
+    wanted = _closure({stage}, edges, downstream=False) - {stage}
+    return [s for s in topological(nodes, edges) if s in wanted]
+
+
+def _read_dvc(project_dir: Path, with_status: bool = True
+              ) -> tuple[list[str], list[tuple[str, str]], dict[str, str]]:
     """Stage names (dvc.yaml order), ``(upstream, downstream)`` edges and DVC's stale stages.
 
     One in-process ``dvc.repo.Repo``: the graph DVC builds from deps and outs, and the same
@@ -143,7 +153,7 @@ def _read_dvc(project_dir: Path) -> tuple[list[str], list[tuple[str, str]], dict
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         edges = [(names[up.addressing], names[down.addressing]) for down, up in graph.edges]
         try:
-            status = repo.status()
+            status = repo.status() if with_status else {}
         except LockError as exc:
             raise DvcLockBusy(f"DVC lock busy while checking status: {exc}") from exc
     finally:

@@ -127,23 +127,11 @@ def run_experiment(name: str, overrides: dict[str, str], project_dir: str) -> fl
 
 
 def _upstream_stages(root: Path, stage: str = "train") -> list[str]:
-    """Stages that neither are ``stage`` nor depend on it (DVC's own graph)."""
-    from flows.pipeline import parse_dot
+    """The stages ``train`` depends on (ingest ... augment), not the ones beside it: the
+    single-task baselines depend on the swept ``train.*`` keys, so they run per experiment."""
+    from flows.pipeline import upstream_of
 
-    out = _dvc(["dag", "--dot"], root)
-    if out.returncode != 0:
-        raise RuntimeError(f"`dvc dag` failed: {out.stderr.strip() or out.stdout.strip()}")
-    nodes, edges = parse_dot(out.stdout)
-    if stage not in nodes:
-        raise ValueError(f"the pipeline has no {stage!r} stage; found {nodes}")
-    downstream, frontier = {stage}, [stage]
-    while frontier:
-        node = frontier.pop()
-        for a, b in edges:
-            if a == node and b not in downstream:
-                downstream.add(b)
-                frontier.append(b)
-    return [n for n in nodes if n not in downstream]
+    return upstream_of(root, stage)
 
 
 @task(name="dvc-repro-upstream", cache_policy=NO_CACHE, retries=5,

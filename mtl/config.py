@@ -487,8 +487,9 @@ class SweepConfig(_Section):
     """``python -m flows.sweep`` settings (read by the sweep flow; no DVC stage reads them)."""
 
     # --promote applies the best run only if its validation score beats the workspace model's
-    # by at least this much (same units as the validation score: mean task score).
-    promote_margin: NonNegFloat = 0.005
+    # by at least this much (same units as the validation score: mean task score); a negative
+    # margin also promotes a run up to that much worse (e.g. to adopt a cheaper method).
+    promote_margin: Float = 0.005
 
 
 @dataclass(frozen=True, config=_CONFIG)

@@ -538,6 +538,14 @@ def fit(tasks: Sequence[TaskSchema], train: SplitData, val: SplitData, cfg: Trai
         stats = train_one_epoch(loop, train)
         score, metrics = validate(loop.model, tasks, val, device,
                                   cfg.batch_size * 4)
+        if math.isnan(score):
+            # NaN never compares greater: the first epoch would be kept silently.
+            labelled = {t.name: int(metrics[t.name].get("n", 0)) for t in tasks}
+            raise ValueError(
+                f"train: expected a validation score for model selection, found none at epoch "
+                f"{epoch + 1}: no task has a usable label in the validation split (labelled "
+                f"validation rows per task: {labelled}; a regression task also needs two "
+                "different values). Label the validation split for at least one task.")
         row = _epoch_row(stats, score, metrics, tasks, float(loop.scheduler.get_last_lr()[0]))
         if log is not None and dist_.is_main:
             log(epoch, row)

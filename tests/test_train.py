@@ -263,3 +263,13 @@ def test_gradient_method_under_ddp_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="gradient-level"):
         fit(TASKS, make_split(16, 0), make_split(8, 1), cfg, 1, torch.device("cpu"),
             dist_=Distributed(rank=0, world_size=2))
+
+
+def test_validation_without_any_usable_label_is_refused(tmp_path: Path) -> None:
+    """A NaN validation score never compares greater, so the first epoch would be kept
+    silently; it is an error naming the cause instead."""
+    train, val = make_split(64, 0), make_split(16, 1)
+    for t in val.targets.values():
+        t[:] = np.nan  # every validation label missing, for every task
+    with pytest.raises(ValueError, match="no task has a usable label in the validation split"):
+        fit(TASKS, train, val, tiny_cfg(tmp_path, epochs=1), 1, torch.device("cpu"))

@@ -319,7 +319,12 @@ def select(manifest: pd.DataFrame, dataset: DatasetConfig, cfg: SelectConfig) ->
                        dtype=np.float32)
         targets[tc.name] = enc
         counts = Counter(int(v) for v in enc[is_train] if not np.isnan(v))
-        kept.append(TaskSchema(tc.name, kind, tc.column, classes=vocab,
+        # A binary label is "0"/"1" in the manifest: with two declared classes, "0" is the
+        # first declared class (labels.py). schema.json names the classes as the user declared
+        # them, in that order, so reports and predictions say "yes"/"no", never a reversed "0".
+        names = (tuple(tc.classes) if kind is TaskKind.BINARY and tc.classes is not None
+                 and len(tc.classes) == 2 else vocab)
+        kept.append(TaskSchema(tc.name, kind, tc.column, classes=names,
                                class_counts=tuple(counts.get(i, 0) for i in range(len(vocab)))))
     if not kept:
         raise DataError("select: no task can be learned: "

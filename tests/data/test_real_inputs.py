@@ -115,6 +115,26 @@ def test_binary_spellings_map_to_the_declared_class_they_mean_or_are_issues() ->
     assert plain("Yes") == ("1", None) and plain("off") == (None, "not_binary")
 
 
+@pytest.mark.parametrize("classes", [("yes", "no"), ("1", "0"), ("no", "yes")])
+def test_binary_schema_names_the_declared_classes_in_their_order(
+        classes: tuple[str, str]) -> None:
+    """The manifest holds "0"/"1" (the index of the declared class); the schema must map that
+    index back to the declared name, so "1" declared first is class 0 and named "1"."""
+    raw = ["yes", "no", "Yes", "NO", "1", "0"] * 10
+    truth = {"yes": True, "1": True, "no": False, "0": False}
+    task = TaskConfig("b", "b", "binary", classes=classes)
+    norm = LabelNormaliser.fit(task, [], ())
+    m = _manifest(len(raw), b=[norm(v)[0] for v in raw])
+    ds = DatasetConfig(dir=".", labels="x.csv", tasks=(task,))
+    res = select(m, ds, SelectConfig())
+    (schema,) = res.tasks
+    assert schema.classes == classes
+    for split in res.splits.values():
+        for row, target in zip(split["row"], split["b"], strict=True):
+            # the class named at the target's index means the same as the raw spelling
+            assert truth[schema.classes[int(target)]] == truth[raw[row].lower()]
+
+
 # 4 ------------------------------------------------------------------------------------------
 def test_numeric_codes_and_rescaled_copies_of_a_target_are_leaks() -> None:
     n = 600
