@@ -55,6 +55,20 @@ def test_famo_sparse_task_with_batch_noise_does_not_drift(every: int) -> None:
     assert lo >= 0.42 and hi <= 0.58, (lo, hi)
 
 
+def test_famo_three_tasks_with_unequal_gaps_stay_equal() -> None:
+    """Three equally progressing tasks labelled every 1, 1 and 20 batches: with two tasks both
+    gaps between updates are equal, so only a third task shows whether the loss change is
+    divided by the number of steps since the task's previous update. Without that division the
+    weights end near [0.454, 0.454, 0.092] (a review's mutant passed every two-task test)."""
+    m = create_weighting("famo", 3)
+    all3 = torch.ones(3, dtype=torch.bool)
+    for s in range(800):
+        losses = torch.full((3,), math.exp(-0.002 * s), dtype=torch.float64)
+        m.step_end(losses, torch.tensor([True, True, s % 20 == 0]))
+    z = m.task_weights(all3)  # type: ignore[attr-defined]
+    assert float(z.min()) >= 0.30 and float(z.max()) <= 0.37, z
+
+
 def test_famo_sparse_task_that_really_is_slower_gains_weight() -> None:
     """The per-step rate must not hide real differences: a sparse task that improves at half
     the rate of the dense one must gain weight (catches a fix that simply ignores sparse
