@@ -252,7 +252,7 @@ def select(manifest: pd.DataFrame, dataset: DatasetConfig, cfg: SelectConfig) ->
                         info["rare_classes"]["detail"] = (
                             f"{cfg.other_label!r} is a real class of this task, so the rare "
                             f"classes are merged into {into!r} instead")
-        vocab = (build_vocabulary(_split_tags(col, _separator(dataset, t.name)))
+        vocab = (build_vocabulary(_split_tags(col, t.separator))
                  if kind is TaskKind.MULTILABEL else build_vocabulary(col))
         need = 2 if kind is TaskKind.BINARY else cfg.min_classes
         if len(vocab) < need or (kind is TaskKind.BINARY and len(vocab) != 2):
@@ -399,10 +399,6 @@ def _group_report(split: pd.Series, groups: np.ndarray | None) -> dict[str, Any]
         "rows_in_multi_row_groups": int(sizes[sizes > 1].sum()),
         "groups_across_splits": int((per_group > 1).sum()),
     }
-
-
-def _separator(dataset: DatasetConfig, task: str) -> str:
-    return next(t.separator for t in dataset.tasks if t.name == task)
 
 
 def _split_tags(col: pd.Series, separator: str) -> pd.Series:

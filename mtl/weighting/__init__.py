@@ -35,7 +35,6 @@ from mtl.weighting import (  # noqa: F401  (imported for their @register_weighti
     upgrad,
 )
 from mtl.weighting.backward import (
-    BACKENDS,
     backward_passes,
     multitask_backward,
     set_vmapped_gradients,
@@ -51,7 +50,6 @@ from mtl.weighting.registry import (
 )
 
 __all__ = [
-    "BACKENDS",
     "GradientWeighting",
     "GramWeighting",
     "Weighting",

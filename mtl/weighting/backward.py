@@ -30,14 +30,12 @@ from torch import Tensor, nn
 from mtl.weighting.base import Weighting
 
 __all__ = [
-    "BACKENDS",
     "backward_passes",
     "multitask_backward",
     "set_vmapped_gradients",
     "task_gradient_cosine",
 ]
 
-BACKENDS = ("full", "representation")
 
 # ``None``: automatic (vmapped on accelerators, one backward per task on the CPU); ``True`` /
 # ``False`` force it. Flipped to False (for the process) the first time a vmapped backward raises.
