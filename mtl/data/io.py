@@ -75,12 +75,17 @@ def _duplicates(names: list[str]) -> list[str]:
 
 
 def _cell_text(value: Any) -> str | None:
-    """One Parquet cell as the text a CSV would hold; ``None`` (or NaN) stays missing."""
+    """One Parquet cell as the text a CSV would hold; ``None`` (or NaN) stays missing.
+
+    An empty string is missing too, as an empty CSV cell is: the same logical table must read
+    the same in every format (a CSV cannot tell ``""`` from a gap).
+    """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
+        value = value.decode("utf-8", errors="replace")
+    text = str(value)
+    return text if text != "" else None
 
 
 def _column_text(values: list[Any]) -> list[str | None]:

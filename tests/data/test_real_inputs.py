@@ -75,6 +75,18 @@ def test_parquet_with_missing_cells_is_read_with_none(tmp_path: Path) -> None:
     assert m.loc[0, FEATURE_PREFIX + "price"] == "1.5"
 
 
+def test_an_empty_parquet_string_is_missing_as_an_empty_csv_cell_is(tmp_path: Path) -> None:
+    """A CSV cannot tell ``""`` from a gap, so Parquet's ``""`` must read as missing too: the
+    same logical table gives the same rejects (found by the format-equivalence property test)."""
+    table = pd.DataFrame({"id": ["s0", "s1"], "a": ["", "x"], "b": [b"", b"y"]})
+    table.to_parquet(tmp_path / "labels.parquet", index=False)
+    table.assign(b=["", "y"]).to_csv(tmp_path / "labels.csv", index=False)
+    for name in ("labels.parquet", "labels.csv"):
+        frame = read_labels_table(tmp_path / name)
+        assert frame.loc[0, "a"] is None and frame.loc[0, "b"] is None, name
+        assert frame.loc[1, "a"] == "x" and frame.loc[1, "b"] == "y", name
+
+
 # 2 ------------------------------------------------------------------------------------------
 def test_nullable_integer_parquet_columns_stay_integers(tmp_path: Path) -> None:
     _images(tmp_path, 5)
