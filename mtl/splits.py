@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
-from mtl.data.io import DataError, read_json
+from mtl.data.io import DataError
 from mtl.schema import TaskSchema
+from mtl.shards import load_shards
 from mtl.tasks import kind_spec
 
 __all__ = ["SplitData", "feature_columns", "load_shards", "load_split_data", "target_array"]
@@ -65,21 +65,6 @@ def feature_columns(schema: Mapping[str, Any]) -> list[str]:
 def target_array(column: Any, task: TaskSchema) -> np.ndarray:
     """``[N]`` float32, or ``[N, K]`` for a multilabel list column (a missing row is NaN)."""
     return kind_spec(task).target_array(column, task)
-
-
-def load_shards(split_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
-    """All shards of one split as ``[N, H, W, C]`` uint8 and its labels table (row-aligned)."""
-    shards = sorted(split_dir.glob("images-*.npy"))
-    labels = pd.read_parquet(split_dir / "labels.parquet")
-    if not shards:
-        meta = read_json(split_dir.parent / "meta.json")
-        h, w = meta["image_size"]
-        return np.zeros((0, h, w, meta["channels"]), np.uint8), labels
-    images = np.concatenate([np.load(s, mmap_mode="r") for s in shards])
-    if len(images) != len(labels):
-        raise DataError(f"{split_dir}: expected one label row per image, found {len(images)} "
-                        f"images and {len(labels)} label rows; rerun the augment stage")
-    return images, labels
 
 
 def load_split_data(augmented: Path, split: str, tasks: Sequence[TaskSchema],

@@ -13,8 +13,7 @@ from mtl.augment.pipeline import (
     AugmentResult,
     augment,
     build_transform,
-    load_split,
     preview_grid,
 )
 
-__all__ = ["AugmentResult", "augment", "build_transform", "load_split", "preview_grid"]
+__all__ = ["AugmentResult", "augment", "build_transform", "preview_grid"]

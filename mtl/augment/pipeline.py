@@ -16,15 +16,13 @@ from tqdm import tqdm
 
 from mtl.config import AugmentConfig
 from mtl.data.images import load_image, resize_image
-from mtl.data.io import read_json, write_json
+from mtl.data.io import write_json
 from mtl.data.paths import resolve_image_path
+from mtl.shards import SHARD_PATTERN
 
 __all__ = [
-    "AugmentResult", "augment", "build_transform", "load_split", "preview_grid", "resize_image",
+    "AugmentResult", "augment", "build_transform", "preview_grid", "resize_image",
 ]
-
-SHARD_PATTERN = "images-{:05d}.npy"
-
 
 @dataclass(frozen=True)
 class AugmentResult:
@@ -122,21 +120,6 @@ def augment(splits: Mapping[str, pd.DataFrame], dataset_dir: Path, mode: str,
     write_json(out_dir / "meta.json", {"counts": counts, "image_size": list(cfg.image_size),
                                        "channels": channels, "mode": mode})
     return result
-
-
-def load_split(split_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
-    """All shards of one split as ``[N, H, W, C]`` uint8 and its labels table (row-aligned)."""
-    shards = sorted(split_dir.glob("images-*.npy"))
-    labels = pd.read_parquet(split_dir / "labels.parquet")
-    if not shards:
-        meta = read_json(split_dir.parent / "meta.json")
-        h, w = meta["image_size"]
-        return np.zeros((0, h, w, meta["channels"]), np.uint8), labels
-    images = np.concatenate([np.load(s, mmap_mode="r") for s in shards])
-    if len(images) != len(labels):
-        raise ValueError(f"{split_dir}: {len(images)} images but {len(labels)} label rows; "
-                         "rerun the augment stage")
-    return images, labels
 
 
 def preview_grid(images: np.ndarray, columns: int = 8) -> Image.Image:

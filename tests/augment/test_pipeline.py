@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtl.augment import augment, build_transform, load_split, preview_grid
+from mtl.augment import augment, build_transform, preview_grid
 from mtl.config import AugmentConfig, CleanConfig, SelectConfig
 from mtl.data.clean import clean
 from mtl.data.select import select
+from mtl.shards import load_shards
 
 AFFINE = {"__class_fullname__": "Affine", "rotate": [-20, 20], "p": 1.0}
 
@@ -44,19 +45,19 @@ def test_augment_writes_shards_and_only_train_is_augmented(make_dataset, tmp_pat
     n_train = len(splits["train"])
     assert result.counts == {"train": 3 * n_train, "val": len(splits["val"]),
                              "test": len(splits["test"])}
-    images, labels = load_split(out / "train")
+    images, labels = load_shards(out / "train")
     assert images.shape == (3 * n_train, 12, 12, 1) and images.dtype == np.uint8
     assert len(list((out / "train").glob("images-*.npy"))) == -(-3 * n_train // 7)
     assert sorted(labels["copy"].unique()) == [0, 1, 2]
     # Copies carry their source's labels.
     first = labels[labels["id"] == labels["id"][0]]
     assert len(first) == 3 and first["a"].nunique() == 1
-    _, val_labels = load_split(out / "val")
+    _, val_labels = load_shards(out / "val")
     assert set(val_labels["copy"]) == {0}
     # Same seed, same bytes.
     again = augment(splits, root, "L", cfg, tmp_path / "aug2")
     assert again.counts == result.counts
-    assert np.array_equal(load_split(tmp_path / "aug2" / "train")[0], images)
+    assert np.array_equal(load_shards(tmp_path / "aug2" / "train")[0], images)
     assert preview_grid(images[:10]).size[0] > 0
 
 
@@ -65,6 +66,6 @@ def test_labels_table_round_trip(make_dataset, tmp_path: Path) -> None:  # type:
     manifest = clean(ds, CleanConfig(min_size=4, workers=1)).manifest
     splits = select(manifest, ds, SelectConfig(val_fraction=0.2, test_fraction=0.2)).splits
     augment(splits, root, "RGB", AugmentConfig(image_size=(8, 8)), tmp_path / "a")
-    images, labels = load_split(tmp_path / "a" / "test")
+    images, labels = load_shards(tmp_path / "a" / "test")
     assert images.shape[1:] == (8, 8, 3)
     assert isinstance(labels, pd.DataFrame)
