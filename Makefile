@@ -41,11 +41,14 @@ run: install
 	@test -d .git || git init -q
 	$(PY) -m flows.pipeline
 
+# One pytest worker per core (pytest-xdist); a test file stays on one worker, so module-scoped
+# fixtures (a reference pipeline run) are built once. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= logical
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"
 
 # Mutation testing of the weighting engine (mutmut, config in pyproject.toml [tool.mutmut]);
 # slow (a pytest run per mutant), so NOT part of `make test`. MUTANTS narrows it, e.g.

@@ -18,8 +18,10 @@ from mtl.config import CleanConfig, DatasetConfig, TaskConfig
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FASHION_DIR = REPO_ROOT.parent / "shared" / "datasets" / "fashion-product"
 
-# Two cores in CI: keep torch from oversubscribing them.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Two cores in CI: keep torch from oversubscribing them. Under pytest-xdist (`make test` runs
+# one worker per core) the cores are shared between the workers, so each gets its share.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 1) // _WORKERS))))
 # Prefect's temporary API server creates and migrates a fresh SQLite database for each
 # prefect_test_harness; on a loaded 2-core machine that takes longer than Prefect's default 20 s
 # start-up timeout. Set before anything imports prefect (its settings are read at import); the
