@@ -98,8 +98,12 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
     n = len(conf)
     if n == 0:
         return _NAN
-    # Bin i holds confidences in (i/n_bins, (i+1)/n_bins]; a confidence of exactly 0 joins bin 0.
-    idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    # Bin i holds confidences in (edges[i], edges[i+1]] with the reference implementation's
+    # edges (Guo et al.'s code: linspace(0, 1, n_bins + 1)); a confidence of exactly 0 joins
+    # bin 0. Searching the edges, rather than ceil(conf * n_bins), keeps a confidence equal to
+    # an edge (0.6 with 15 bins: 0.6 * 15 = 9.000000000000002) in the bin it closes.
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.searchsorted(edges[1:-1], conf, side="left"), 0, n_bins - 1)
     count = np.bincount(idx, minlength=n_bins).astype(np.float64)
     acc_sum = np.bincount(idx, weights=hit, minlength=n_bins)
     conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)

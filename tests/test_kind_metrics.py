@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -39,6 +40,27 @@ def test_ece_known_answer() -> None:
     assert math.isnan(expected_calibration_error(np.array([]), np.array([])))
     with pytest.raises(ValueError, match="expected two"):
         expected_calibration_error(conf, correct[:2])
+
+
+def _ece_reference(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> float:
+    """Guo et al.'s reference loop: bins (lower, upper] over linspace(0, 1, n_bins + 1)."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    ece = 0.0
+    for lower, upper in itertools.pairwise(edges):
+        inside = (conf > lower) & (conf <= upper)
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
+    return ece
+
+
+@pytest.mark.parametrize("n_bins", [10, 15])
+def test_ece_confidence_on_a_bin_edge_stays_in_the_bin_it_closes(n_bins: int) -> None:
+    # 0.6 * 15 = 9.000000000000002: ceil() would put 0.6 in the bin above its own.
+    edges = np.linspace(0.0, 1.0, n_bins + 1)[1:]
+    conf = np.concatenate([edges, edges - 1e-3, [0.6, 0.3, 0.7]])
+    correct = np.arange(len(conf)) % 3 == 0
+    assert expected_calibration_error(conf, correct, n_bins) == pytest.approx(
+        _ece_reference(conf, correct, n_bins), abs=1e-12)
 
 
 def test_multiclass_known_answer() -> None:
