@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -77,21 +78,76 @@ def split_values(text: str) -> list[str]:
     return parts
 
 
+PARAMS_FILE = "params.yaml"
+_FUNCTION = re.compile(r"^\s*(range|choice|interval)\s*\((.*)\)\s*$", re.DOTALL)
+
+
+def _number(text: str, spec: str) -> Decimal:
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation as exc:
+        raise GridError(f"-S {spec!r}: expected numbers in range(start, stop[, step]), "
+                        f"found {text.strip()!r}") from exc
+    if not value.is_finite():
+        raise GridError(f"-S {spec!r}: expected finite numbers in range(), found {text!r}")
+    return value
+
+
+def _range_values(args: str, spec: str) -> list[str]:
+    """Hydra's / DVC's ``range(start, stop[, step])``: like Python's, ``stop`` excluded, floats
+    allowed; decimal arithmetic, so ``range(0.1, 0.4, 0.1)`` gives ``0.1, 0.2, 0.3`` exactly."""
+    parts = args.split(",")
+    if not 2 <= len(parts) <= 3:
+        raise GridError(f"-S {spec!r}: expected range(start, stop[, step]), found "
+                        f"{len(parts)} argument(s)")
+    start, stop = _number(parts[0], spec), _number(parts[1], spec)
+    step = _number(parts[2], spec) if len(parts) == 3 else Decimal(1)
+    if step == 0:
+        raise GridError(f"-S {spec!r}: expected a non-zero range() step, found 0")
+    count = max(0, math.ceil((stop - start) / step))
+    if count == 0:
+        raise GridError(f"-S {spec!r}: range() gives no values (start {start}, stop {stop}, "
+                        f"step {step})")
+    if count > 10_000:
+        raise GridError(f"-S {spec!r}: range() gives {count} values; expected at most 10000")
+    return [str(start + i * step) for i in range(count)]
+
+
+def _axis_values(raw: str, spec: str) -> list[str]:
+    """The raw values of one ``-S`` axis: ``v1,v2``, ``choice(v1, v2)`` or ``range(...)``."""
+    call = _FUNCTION.match(raw)
+    if call is None:
+        return split_values(raw)
+    function, args = call.groups()
+    if function == "interval":
+        raise GridError(f"-S {spec!r}: interval() needs a sampler (Hydra's Optuna sweeper); "
+                        "a grid takes v1,v2, choice(v1, v2) or range(start, stop[, step])")
+    return split_values(args) if function == "choice" else _range_values(args, spec)
+
+
 def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
     """``["train.weighting=equal,famo", "train.seed=0,1"]`` → ordered axes ``(key, values)``.
 
-    The syntax is ``dvc exp run``'s ``-S [<file>:]<key>=<v1>,<v2>``: the values stay the raw
-    strings DVC receives (DVC parses them as YAML); :func:`yaml.safe_load` gives the typed value
-    recorded in the report.
+    The syntax is ``dvc exp run``'s ``-S [<file>:]<key>=<values>``, where ``<values>`` is
+    ``v1,v2``, ``choice(v1, v2)`` or ``range(start, stop[, step])`` (``stop`` excluded). The
+    only parameter file is ``params.yaml``, so a ``params.yaml:`` prefix is accepted and dropped
+    and any other file is refused. The values stay the raw strings DVC receives (DVC parses them
+    as YAML); :func:`yaml.safe_load` gives the typed value recorded in the report.
     """
     axes: list[tuple[str, list[str]]] = []
     seen: set[str] = set()
     for spec in specs:
         key, sep, raw = spec.partition("=")
         key = key.strip()
+        if ":" in key:
+            file, _, key = key.rpartition(":")
+            if file.strip() != PARAMS_FILE:
+                raise GridError(f"-S {spec!r}: expected a key of {PARAMS_FILE} (mtl reads no "
+                                f"other parameter file), found file {file.strip()!r}")
+            key = key.strip()
         if not sep or not key:
             raise GridError(f"expected -S key=value[,value...], found {spec!r}")
-        values = split_values(raw)
+        values = _axis_values(raw, spec)
         if any(v == "" for v in values):
             raise GridError(f"empty value in -S {spec!r}; expected comma-separated values")
         if key in seen:

@@ -55,6 +55,30 @@ def test_bad_grid_specs_are_refused(spec: str, message: str) -> None:
         parse_grid([spec])
 
 
+def test_range_choice_and_the_params_file_prefix_follow_dvc() -> None:
+    axes = parse_grid(["params.yaml:train.lr=range(0.001, 0.004, 0.001)",
+                       "train.seed=range(0, 3)", "train.weighting=choice(equal, famo)"])
+    assert axes == [("train.lr", ["0.001", "0.002", "0.003"]), ("train.seed", ["0", "1", "2"]),
+                    ("train.weighting", ["equal", "famo"])]
+    assert parse_grid(["train.epochs=range(10, 0, -4)"])[0][1] == ["10", "6", "2"]
+    # choice() keeps YAML lists whole, as the plain syntax does.
+    assert parse_grid(["augment.image_size=choice([28,28], [32,32])"])[0][1] == [
+        "[28,28]", "[32,32]"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("other.yaml:train.seed=0,1", "expected a key of params.yaml"),
+    ("train.seed=range(3)", "expected range\\(start, stop"),
+    ("train.seed=range(0, 3, 0)", "non-zero range\\(\\) step"),
+    ("train.seed=range(3, 0)", "gives no values"),
+    ("train.lr=range(a, 1)", "expected numbers"),
+    ("train.lr=interval(0.1, 1)", "interval\\(\\) needs a sampler"),
+])
+def test_bad_sweep_functions_are_refused(spec: str, message: str) -> None:
+    with pytest.raises(GridError, match=message):
+        parse_grid([spec])
+
+
 def test_a_key_given_twice_is_refused() -> None:
     with pytest.raises(GridError, match="given twice"):
         parse_grid(["train.seed=0", "train.seed=1"])
