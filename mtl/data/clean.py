@@ -246,7 +246,8 @@ def clean(dataset: DatasetConfig, cfg: CleanConfig) -> CleanResult:
     if not root.is_dir():
         raise DataError(f"dataset.dir: expected a folder, found nothing at {root}")
     source = root / dataset.labels
-    table = read_labels_table(source)
+    table = read_labels_table(source, {t.column: t.separator for t in dataset.tasks
+                                       if TaskKind(t.kind) is TaskKind.MULTILABEL})
     validate_schema(table, dataset, cfg, source)
     features = feature_sources(list(table.columns), dataset)
     normalisers = {t.name: LabelNormaliser.fit(t, table[t.column], dataset.missing_values)
