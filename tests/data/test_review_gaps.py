@@ -8,6 +8,8 @@ its fix.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from mtl.data.clean import clean
 from mtl.data.io import DataError, read_labels_table
 from tests.conftest import write_png
 
+MakeTable = Callable[..., tuple[DatasetConfig, Path]]
 CLEAN = CleanConfig(mode="L", min_size=4, workers=1)
 
 
@@ -33,6 +36,75 @@ def _images(root: Path, n: int) -> None:
 
 def _ledger(result: Any, n: int) -> None:
     assert sorted([*result.manifest["row"], *result.rejects["row"]]) == list(range(n))
+
+
+# (b) ----------------------------------------------------------------------------------------
+def _duplicate_id_details_name_manifest_rows(result: Any) -> None:
+    kept = set(result.manifest["row"])
+    for detail in result.rejects.loc[result.rejects["reason"] == "duplicate_id", "detail"]:
+        owner = int(detail.split("belongs to row ")[1].split()[0])
+        assert owner in kept, detail
+
+
+def test_an_id_goes_to_a_later_row_when_its_first_row_is_a_dropped_duplicate_image(
+        make_table: MakeTable) -> None:
+    rows = [{"id": "a", "pixels": 1, "c": "x"},
+            {"id": "b", "pixels": 1, "c": "x"},  # same pixels as "a": dropped (duplicate_image)
+            {"id": "b", "image": "images/b2.png", "c": "y"}]  # a valid row with the id "b"
+    cfg, root = make_table(rows, tasks=(TaskConfig("c", "c"),))
+    write_png(root / "images" / "b2.png", np.full((16, 16), 200, np.uint8))
+    result = clean(cfg, CLEAN)
+    _ledger(result, 3)
+    assert sorted(result.manifest["row"]) == [0, 2]
+    rej = result.rejects.set_index("row")
+    # Row 1's id is row 2's now (the first reason in the documented order); why row 1 itself
+    # was dropped stays in the detail.
+    assert rej.loc[1, "reason"] == "duplicate_id", rej.loc[1, "detail"]
+    assert "belongs to row 2" in rej.loc[1, "detail"]
+    assert "duplicate_image (same pixels as id 'a' (row 0)" in rej.loc[1, "detail"]
+    _duplicate_id_details_name_manifest_rows(result)
+
+
+def test_an_id_goes_to_a_later_row_when_its_first_row_breaks_the_hierarchy(
+        make_table: MakeTable) -> None:
+    fine = ["shoe"] * 4 + ["shirt"] * 2
+    coarse = ["shoes"] * 3 + ["tops"] + ["tops"] * 2  # row 3: shoe under tops (rejected)
+    rows = [{"id": f"s{i}", "pixels": i, "fine": fine[i], "coarse": coarse[i]} for i in range(6)]
+    rows.append({"id": "s3", "image": "images/later.png", "fine": "shoe", "coarse": "shoes"})
+    cfg, root = make_table(rows, hierarchy=(("fine", "coarse"),))
+    write_png(root / "images" / "later.png", np.full((16, 16), 77, np.uint8))
+    result = clean(cfg, replace(CLEAN, hierarchy_action="reject"))
+    _ledger(result, 7)
+    assert 6 in set(result.manifest["row"])  # the later, valid "s3" is kept
+    rej = result.rejects.set_index("row")
+    assert rej.loc[3, "reason"] == "duplicate_id" and "belongs to row 6" in rej.loc[3, "detail"]
+    assert "hierarchy_violation" in rej.loc[3, "detail"]
+    _duplicate_id_details_name_manifest_rows(result)
+
+
+def test_a_duplicate_id_never_points_at_a_rejected_row(make_table: MakeTable) -> None:
+    rows = [{"id": "z", "pixels": 5, "c": "x"},
+            {"id": "a", "image": "images/missing.png", "c": "x"},  # missing file
+            {"id": "a", "pixels": 5, "c": "x"}]  # same pixels as "z": dropped
+    # make_table names row 2's image images/a.png; row 1's file does not exist.
+    cfg, _ = make_table(rows, tasks=(TaskConfig("c", "c"),))
+    result = clean(cfg, CLEAN)
+    _ledger(result, 3)
+    rej = result.rejects.set_index("row")
+    # No manifest row owns "a": each rejected row keeps its own reason.
+    assert rej.loc[1, "reason"] == "missing_file", rej.loc[1, "detail"]
+    assert rej.loc[2, "reason"] == "duplicate_image"
+    _duplicate_id_details_name_manifest_rows(result)
+
+
+def test_a_repeated_row_is_still_a_duplicate_id_of_the_first(make_table: MakeTable) -> None:
+    rows = [{"id": "a", "pixels": 1, "c": "x"}, {"id": "b", "pixels": 2, "c": "y"},
+            {"id": "a", "image": "images/a.png", "c": "x"}]
+    cfg, _ = make_table(rows, tasks=(TaskConfig("c", "c"),))
+    result = clean(cfg, CLEAN)
+    rej = result.rejects.set_index("row")
+    assert list(rej.index) == [2] and rej.loc[2, "reason"] == "duplicate_id"
+    assert "belongs to row 0" in rej.loc[2, "detail"]
 
 
 # (c) ----------------------------------------------------------------------------------------
