@@ -8,6 +8,7 @@ its fix.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -19,9 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mtl.config import CleanConfig, DatasetConfig, TaskConfig
+from mtl.config import CleanConfig, DatasetConfig, SelectConfig, TaskConfig
+from mtl.data import features
 from mtl.data.clean import clean
-from mtl.data.io import DataError, read_labels_table
+from mtl.data.features import TaskTarget, one_to_one, select_features
+from mtl.data.io import DataError, duplicate_names, read_labels_table
+from mtl.schema import TaskKind
 from tests.conftest import write_png
 
 MakeTable = Callable[..., tuple[DatasetConfig, Path]]
@@ -200,3 +204,111 @@ def test_float32_values_read_as_their_shortest_text_like_the_csv(tmp_path: Path)
     m = out["labels.parquet"].manifest.set_index("row")
     assert m.loc[0, "w"] == 0.1 and m.loc[0, "src__size"] == "0.3"
     pd.testing.assert_frame_equal(out["labels.parquet"].manifest, out["labels.csv"].manifest)
+
+
+# (a) ----------------------------------------------------------------------------------------
+def _source(sel: Any, name: str) -> dict[str, Any]:
+    (d,) = [d for d in sel.decisions if d["feature"] == name and d["level"] == "source"]
+    return d
+
+
+@pytest.mark.parametrize("per_class,classes", [(2, 30), (2, 4), (3, 12)])
+def test_a_one_to_one_code_of_a_label_is_a_leak_on_few_rows(per_class: int,
+                                                            classes: int) -> None:
+    n = per_class * classes  # 60, 8 and 36 rows: too few for an out-of-fold score to see it
+    rng = np.random.default_rng(classes)
+    y = rng.permutation(np.repeat(np.arange(classes), per_class))
+    relabel = rng.permutation(1000)[:classes]  # class k -> an arbitrary number / word
+    noisy = np.where(rng.random(n) < 0.7, y, rng.integers(0, classes, n))
+    assert (noisy != y).any()
+    train = pd.DataFrame({
+        "code": [str(relabel[v]) for v in y],  # numeric, an exact relabelling
+        "name": [f"kind-{relabel[v]}" for v in y],  # categorical, an exact relabelling
+        "noisy": [f"kind-{relabel[v]}" for v in noisy],  # informative, not one-to-one
+    })
+    task = TaskTarget("y", TaskKind.MULTICLASS, y.astype(np.float64))
+    sel = select_features(train, {"code": "numeric", "name": "categorical",
+                                  "noisy": "categorical"}, [task], SelectConfig())
+    for leak in ("code", "name"):
+        d = _source(sel, leak)
+        assert d["reason"] == "target_leak" and d["one_to_one"] == ["y"], d
+        assert "one-to-one code of task(s) ['y']" in d["detail"]
+    assert _source(sel, "noisy")["reason"] != "target_leak", _source(sel, "noisy")
+
+
+def test_one_to_one_counts_only_where_values_repeat() -> None:
+    """The same threshold splits the two rules: a column whose values are mostly distinct is
+    trivially one-to-one with a label as distinct, which is identifier-like, not a leak."""
+    y = np.arange(20, dtype=np.float64)  # every row its own class
+    task = TaskTarget("y", TaskKind.MULTICLASS, y)
+    unique = np.arange(20)
+    assert not one_to_one(unique, task, max_unique_ratio=0.9)
+    repeated = TaskTarget("y", TaskKind.MULTICLASS, y // 2)  # two rows per class
+    assert one_to_one(unique // 2, repeated, max_unique_ratio=0.9)  # 50 % distinct
+    assert not one_to_one(unique // 2, repeated, max_unique_ratio=0.5)
+    codes = unique // 2
+    codes[3] = codes[4]  # one row breaks the one-to-one mapping
+    assert not one_to_one(codes, repeated, max_unique_ratio=0.9)
+    missing = unique // 2
+    missing[[0, 5]] = -1  # missing feature cells are left out, not a value of their own
+    assert one_to_one(missing, repeated, max_unique_ratio=0.9)
+    # A multilabel task: a code of one of its labels is one-to-one with that label.
+    hot = np.stack([y % 2, (y // 2) % 2], axis=1)  # [20, 2]
+    tags = TaskTarget("t", TaskKind.MULTILABEL, hot)
+    assert one_to_one((unique // 2) % 2 + 7, tags, max_unique_ratio=0.9)
+    ids = pd.DataFrame({"ref": [f"r{i:03d}" for i in range(20)]})
+    sel = select_features(ids, {"ref": "categorical"}, [task], SelectConfig())
+    assert _source(sel, "ref")["reason"] == "identifier_like"
+
+
+# (f) ----------------------------------------------------------------------------------------
+class _CountingName(str):
+    """A column name that counts the comparisons made with it."""
+
+    compared = 0
+
+    def __eq__(self, other: object) -> bool:
+        _CountingName.compared += 1
+        return str.__eq__(self, other)
+
+    def __lt__(self, other: str) -> bool:
+        _CountingName.compared += 1
+        return str.__lt__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_duplicate_column_names_are_found_with_a_linear_number_of_comparisons() -> None:
+    names = [_CountingName(f"c{j}") for j in range(2000)]
+    names[1500] = _CountingName("c7")
+    _CountingName.compared = 0
+    assert duplicate_names(names) == ["c7"]
+    # A pairwise check (names.count(c) for each c) makes ~4,000,000 comparisons; a hash table
+    # compares only names with equal hashes (sorting would make ~22,000).
+    assert _CountingName.compared <= 2 * len(names), _CountingName.compared
+
+
+def test_duplicate_features_are_found_by_one_content_key_per_column(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    n, sources = 40, 60  # under 50 rows: no k-NN leak model, so the test stays quick
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, n)
+    base = rng.normal(size=(n, sources // 2)) + y[:, None] * 0.3
+    train = pd.DataFrame({f"x{j}": [f"{v:.4f}" for v in base[:, j % (sources // 2)]]
+                          for j in range(sources)})  # x{j + 30} is a copy of x{j}
+    calls: list[int] = []
+    real_key = features.column_key
+
+    def counting_key(x: np.ndarray) -> bytes:
+        calls.append(len(x))
+        return real_key(x)
+
+    monkeypatch.setattr(features, "column_key", counting_key)
+    sel = select_features(train, dict.fromkeys(train.columns, "numeric"),
+                          [TaskTarget("y", TaskKind.BINARY, y.astype(np.float64))],
+                          SelectConfig(max_features=sources, max_correlation=1.0))
+    ranked = [d for d in sel.decisions if d["level"] == "feature" and "rank" in d]
+    reasons = Counter(d["reason"] for d in ranked)
+    assert reasons == {"top_k": sources // 2, "duplicate": sources // 2}, reasons
+    # One key per ranked column: a pairwise comparison would need ~F²/2 of them (or none).
+    assert len(calls) == len(ranked) == sources
