@@ -371,12 +371,16 @@ def _settle_ids(passed: list[dict[str, Any]], pending: dict[int, tuple[str, str]
     hierarchy reports and the label issues of the whole-dataset checks.
 
     The owner of an id is its first passed row; when a whole-dataset check rejects an owner
-    and the id has another passed row, that owner keeps its own reject and the checks run
+    and the id has another passed row, that owner is settled as rejected and the checks run
     again with the next row as owner (each round settles at least one row for good, so this
-    ends). A row with an id that a manifest row owns is a ``duplicate_id`` naming that row
-    (the first reason in the documented order; its own reason, if any, follows in the detail);
-    a row whose id no manifest row owns keeps its own reason, so a ``duplicate_id`` never
-    points at a rejected row.
+    ends). A settled row still takes part in the exact-duplicate check as a copy of its image
+    (never the kept one), so its labels still count: identical images with conflicting labels
+    stay a conflict. Its reason is the one of the last round that rejected it.
+
+    A row with an id that a manifest row owns is a ``duplicate_id`` naming that row (the first
+    reason in the documented order; its own reason, if any, follows in the detail); a row
+    whose id no manifest row owns keeps its own reason, so a ``duplicate_id`` never points at
+    a rejected row.
     """
     settled: dict[int, tuple[str, str]] = {}  # owners rejected by a whole-dataset check
     settled_issues: list[dict[str, Any]] = []
@@ -386,14 +390,18 @@ def _settle_ids(passed: list[dict[str, Any]], pending: dict[int, tuple[str, str]
             if out["row"] not in settled:
                 owner.setdefault(out["id"], out["row"])
         # Fresh copies: the checks write into the rows (donated labels, relabelled parents).
-        decoded = [dict(out) for out in passed if owner.get(out["id"]) == out["row"]]
+        # Settled rows stay in the exact-duplicate check as evidence: their labels still say
+        # what their image shows (a conflict does not vanish because one copy lost its id).
+        decoded = [dict(out) for out in passed
+                   if out["row"] in settled or owner.get(out["id"]) == out["row"]]
         trial = _Collector()
-        kept, dup_report = _exact_duplicates(decoded, dataset, cfg, trial)
+        kept, dup_report = _exact_duplicates(decoded, dataset, cfg, trial, frozenset(settled))
         kept, hier_report = _hierarchy(kept, dataset, cfg, trial)
         waiting = Counter(out["id"] for out in passed
                           if out["row"] not in settled and owner[out["id"]] != out["row"])
         # Owners that lost their place while a later row with their id is still untried.
-        lost = {row: why for row, why in trial.rejects.items() if waiting[row_ids[row]]}
+        lost = {row: why for row, why in trial.rejects.items()
+                if row not in settled and waiting[row_ids[row]]}
         if not lost:
             break
         settled.update(lost)
@@ -436,18 +444,26 @@ def _label_conflicts(members: list[dict[str, Any]], dataset: DatasetConfig) -> d
 
 
 def _exact_duplicates(decoded: list[dict[str, Any]], dataset: DatasetConfig, cfg: CleanConfig,
-                      col: _Collector) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One image per identical pixel content; conflicts handled per clean.conflicting_duplicates."""
+                      col: _Collector, evidence_only: frozenset[int] = frozenset(),
+                      ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One image per identical pixel content; conflicts handled per clean.conflicting_duplicates.
+
+    Rows in ``evidence_only`` (already rejected, see ``_settle_ids``) still count as copies of
+    their image, with their labels, but are never the kept copy and never in the result.
+    """
     by_hash: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for out in decoded:
         by_hash[out["content_hash"]].append(out)
-    drop: set[int] = set()
+    drop: set[int] = set(evidence_only)
     n_groups = n_conflicting = n_merged = 0
-    for members in by_hash.values():
-        if len(members) < 2:
+    for group in by_hash.values():
+        if len(group) < 2:
+            continue
+        first = next((m for m in group if m["row"] not in evidence_only), None)
+        if first is None:
             continue
         n_groups += 1
-        first = members[0]
+        members = [first, *(m for m in group if m is not first)]  # the kept copy first
         conflicts = _label_conflicts(members, dataset)
         what = "; ".join(f"{k}: {' vs '.join(map(repr, v))}" for k, v in conflicts.items())
         if conflicts:

@@ -86,6 +86,27 @@ def test_an_id_goes_to_a_later_row_when_its_first_row_breaks_the_hierarchy(
     _duplicate_id_details_name_manifest_rows(result)
 
 
+def test_a_row_that_loses_its_id_still_counts_as_a_copy_of_its_image(
+        make_table: MakeTable) -> None:
+    """Row 1 (id "b") has row 0's pixels with another label: both are conflicting duplicates.
+    Row 2 takes the id "b", but row 1's label still says what that image shows, so row 0
+    stays a conflicting duplicate instead of being kept with a contested label."""
+    rows = [{"id": "a", "pixels": 1, "c": "x"},
+            {"id": "b", "pixels": 1, "c": "y"},
+            {"id": "b", "image": "images/b2.png", "c": "x"}]
+    cfg, root = make_table(rows, tasks=(TaskConfig("c", "c"),))
+    write_png(root / "images" / "b2.png", np.full((16, 16), 200, np.uint8))
+    result = clean(cfg, CLEAN)  # conflicting_duplicates: reject
+    _ledger(result, 3)
+    assert list(result.manifest["row"]) == [2]
+    rej = result.rejects.set_index("row")
+    assert rej.loc[0, "reason"] == "conflicting_duplicate", rej.loc[0, "detail"]
+    assert "'b' (row 1)" in rej.loc[0, "detail"]
+    assert rej.loc[1, "reason"] == "duplicate_id" and "belongs to row 2" in rej.loc[1, "detail"]
+    assert "conflicting_duplicate" in rej.loc[1, "detail"]
+    _duplicate_id_details_name_manifest_rows(result)
+
+
 def test_a_duplicate_id_never_points_at_a_rejected_row(make_table: MakeTable) -> None:
     rows = [{"id": "z", "pixels": 5, "c": "x"},
             {"id": "a", "image": "images/missing.png", "c": "x"},  # missing file
