@@ -106,6 +106,12 @@ class TaskTarget:
         return _discrete_target(self)
 
     @cached_property
+    def exact(self) -> np.ndarray:
+        """``[N]`` index of each row's exact value (class, 0/1 or regression value) among the
+        distinct values, -1 = missing; a single-label target only."""
+        return pd.factorize(pd.Series(self.values))[0].astype(np.int64)
+
+    @cached_property
     def _parts(self) -> list[TaskTarget]:
         if self.kind is not TaskKind.MULTILABEL:
             return [self]
@@ -270,6 +276,18 @@ def _leak_score(codes: np.ndarray, task: TaskTarget, seed: int) -> float:
         return _r2(y_raw, pred)
     y = y_raw.astype(np.int64)
     k, c = int(y.max()) + 1, int(x.max()) + 1
+    if _FOLDS * c * k <= 1 << 20:
+        # All folds at once (the same result as the loop below, without its per-fold
+        # overhead, which dominated on wide tables): training counts of fold f are the
+        # totals minus fold f's own counts.
+        per = np.bincount((fold * c + x) * k + y,
+                          minlength=_FOLDS * c * k).reshape(_FOLDS, c, k)  # [F, value, class]
+        train = per.sum(0, keepdims=True) - per
+        y_per = np.bincount(fold * k + y, minlength=_FOLDS * k).reshape(_FOLDS, k)
+        overall = (y_per.sum(0, keepdims=True) - y_per).argmax(1)  # [F] training majority
+        majority = np.where(train.sum(2) > 0, train.argmax(2), overall[:, None])  # [F, value]
+        correct_all = int((majority[fold, x] == y).sum())
+        return _lift(correct_all / n, int((y == overall[fold]).sum()) / n)
     correct = base_correct = 0
     for f in range(_FOLDS):
         tr, te = fold != f, fold == f
@@ -318,17 +336,19 @@ def one_to_one(codes: np.ndarray, task: TaskTarget, max_unique_ratio: float) -> 
     as unique, which is what ``identifier_like`` stands for, not evidence of a leak.
     """
     for part in task.parts():
-        y = part.values
-        ok = ~np.isnan(y) & (codes >= 0)
-        x, yv = codes[ok], y[ok]
+        ok = (part.exact >= 0) & (codes >= 0)
+        x, y = codes[ok], part.exact[ok]
         if len(x) < 2:
             continue
-        xs, xi = np.unique(x, return_inverse=True)
-        if len(xs) / len(x) >= max_unique_ratio or len(xs) < 2:
+        # Distinct counts by bincount: codes and classes are small non-negative indices.
+        n_x = int(np.count_nonzero(np.bincount(x)))
+        if n_x / len(x) >= max_unique_ratio or n_x < 2:
             continue
-        ys, yi = np.unique(yv, return_inverse=True)
-        pairs = len(np.unique(xi * len(ys) + yi))  # distinct (value, class) pairs
-        if pairs == len(xs) == len(ys):
+        if int(np.count_nonzero(np.bincount(y))) != n_x:
+            continue
+        # Distinct (value, class) pairs; np.unique, not bincount: values x classes can be
+        # huge for a regression target.
+        if len(np.unique(x * (int(y.max()) + 1) + y)) == n_x:
             return True
     return False
 
@@ -448,9 +468,10 @@ def adjusted_mutual_info(y: np.ndarray, x: np.ndarray) -> float:
 # Selection
 
 
-def _candidate_features(name: str, raw: pd.Series, kind: str,
-                        cfg: SelectConfig) -> list[dict[str, Any]]:
-    """Schema entries (name, column, source, kind, encoder) a surviving source expands into."""
+def _candidate_features(name: str, raw: pd.Series, kind: str, cfg: SelectConfig,
+                        normed: Sequence[str | None]) -> list[dict[str, Any]]:
+    """Schema entries (name, column, source, kind, encoder) a surviving source expands into
+    (``normed``: the source's cells stripped and case-folded, computed once by the caller)."""
     def entry(fname: str, enc: dict[str, Any]) -> dict[str, Any]:
         return {"name": fname, "column": FEATURE_COLUMN_PREFIX + fname, "source": name,
                 "kind": kind, "encoder": enc}
@@ -465,7 +486,7 @@ def _candidate_features(name: str, raw: pd.Series, kind: str,
             out.append(entry(f"{name}:missing", {"type": "missing_indicator"}))
         return out
     if kind == "categorical":
-        counts = Counter(v for v in (_norm_text(r) for r in raw) if v is not None)
+        counts = Counter(v for v in normed if v is not None)
     else:
         counts = Counter(w for r in raw for w in tokenize(r))
     common = sorted(((v, n) for v, n in counts.items() if n >= cfg.min_category_count),
@@ -545,7 +566,7 @@ def select_features(train: pd.DataFrame, sources: dict[str, str], tasks: Sequenc
             continue
         decisions.append({**base, "kept": True, "reason": "expanded", "score": None,
                           "lifts": lifts})
-        candidates.extend(_candidate_features(name, raw, kind, cfg))
+        candidates.extend(_candidate_features(name, raw, kind, cfg, normed))
 
     if not candidates:
         return FeatureSelection([], decisions)
