@@ -8,7 +8,8 @@ missing columns, task columns whose values mostly do not parse (a wrong type, us
 column), and declared feature columns of the wrong type are all reported in one ``DataError``.
 
 Reject reasons (first one that applies wins, in this order; an id belongs to the first row with
-that id that passes every row and file check, so a rejected row never claims its id):
+that id that ends in the manifest, so a rejected row never claims its id and a ``duplicate_id``
+always names a manifest row; see ``_settle_ids``):
 
 ``missing_id``, ``duplicate_id``, ``missing_path``, ``invalid_path``, ``path_outside_dataset``,
 ``bad_split``, ``no_labels``, ``missing_file``, ``unreadable_file``, ``not_a_file``,
@@ -246,7 +247,8 @@ def clean(dataset: DatasetConfig, cfg: CleanConfig) -> CleanResult:
     if not root.is_dir():
         raise DataError(f"dataset.dir: expected a folder, found nothing at {root}")
     source = root / dataset.labels
-    table = read_labels_table(source)
+    table = read_labels_table(source, {t.column: t.separator for t in dataset.tasks
+                                       if TaskKind(t.kind) is TaskKind.MULTILABEL})
     validate_schema(table, dataset, cfg, source)
     features = feature_sources(list(table.columns), dataset)
     normalisers = {t.name: LabelNormaliser.fit(t, table[t.column], dataset.missing_values)
@@ -326,28 +328,13 @@ def clean(dataset: DatasetConfig, cfg: CleanConfig) -> CleanResult:
         passed.append(out)
     del to_decode
 
-    # An id belongs to the first row with that id that passes every row and file check; every
-    # other row with the id is a duplicate_id (the first reason in the documented order).
-    owner: dict[str, int] = {}
-    for out in passed:
-        owner.setdefault(out["id"], out["row"])
-    decoded = [out for out in passed if owner[out["id"]] == out["row"]]
-    pending.update({out["row"]: ("duplicate_id", "") for out in passed
-                    if owner[out["id"]] != out["row"]})
-    for row, (reason, detail) in sorted(pending.items()):
-        first = owner.get(row_ids[row])
-        if first is not None and first != row:
-            reason, detail = "duplicate_id", (
-                f"id {row_ids[row]!r} belongs to row {first} (the first row with this id that "
-                "passes the row and file checks)")
-        col.reject(row, reason, detail)
+    kept, dup_report, hier_report, dataset_issues = _settle_ids(passed, pending, row_ids,
+                                                                 dataset, cfg, col)
     for out, issues in labelled:  # label issues of every row read, except duplicate ids
         if col.rejects.get(out["row"], ("",))[0] != "duplicate_id":
             for task, value, issue in issues:
                 col.issue(out, task, value, issue, f"column {_task_column(dataset, task)!r}")
-
-    kept, dup_report = _exact_duplicates(decoded, dataset, cfg, col)
-    kept, hier_report = _hierarchy(kept, dataset, cfg, col)
+    col.issues += dataset_issues
     manifest = _manifest_frame(kept, dataset, features)
     near, near_report = _near_duplicates(manifest, cfg)
     manifest["group"] = near
@@ -370,6 +357,68 @@ def clean(dataset: DatasetConfig, cfg: CleanConfig) -> CleanResult:
     report["hierarchy"] = hier_report
     report["feature_columns"] = features
     return CleanResult(manifest, rejects_df, issues_df, report, near_df)
+
+
+def _settle_ids(passed: list[dict[str, Any]], pending: dict[int, tuple[str, str]],
+                row_ids: dict[int, str], dataset: DatasetConfig, cfg: CleanConfig,
+                col: _Collector) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any],
+                                          list[dict[str, Any]]]:
+    """Give each id to the first of its rows that ends in the manifest; run the whole-dataset
+    checks (exact duplicates, hierarchy) on the id owners; record every reject in ``col``.
+
+    ``passed``: rows that passed every row and file check (in table order); ``pending``: row ->
+    (reason, detail) of those that failed one. Returns the manifest rows, the duplicate and
+    hierarchy reports and the label issues of the whole-dataset checks.
+
+    The owner of an id is its first passed row; when a whole-dataset check rejects an owner
+    and the id has another passed row, that owner is settled as rejected and the checks run
+    again with the next row as owner (each round settles at least one row for good, so this
+    ends). A settled row still takes part in the exact-duplicate check as a copy of its image
+    (never the kept one), so its labels still count: identical images with conflicting labels
+    stay a conflict. Its reason is the one of the last round that rejected it.
+
+    A row with an id that a manifest row owns is a ``duplicate_id`` naming that row (the first
+    reason in the documented order; its own reason, if any, follows in the detail); a row
+    whose id no manifest row owns keeps its own reason, so a ``duplicate_id`` never points at
+    a rejected row.
+    """
+    settled: dict[int, tuple[str, str]] = {}  # owners rejected by a whole-dataset check
+    settled_issues: list[dict[str, Any]] = []
+    while True:
+        owner: dict[str, int] = {}
+        for out in passed:
+            if out["row"] not in settled:
+                owner.setdefault(out["id"], out["row"])
+        # Fresh copies: the checks write into the rows (donated labels, relabelled parents).
+        # Settled rows stay in the exact-duplicate check as evidence: their labels still say
+        # what their image shows (a conflict does not vanish because one copy lost its id).
+        decoded = [dict(out) for out in passed
+                   if out["row"] in settled or owner.get(out["id"]) == out["row"]]
+        trial = _Collector()
+        kept, dup_report = _exact_duplicates(decoded, dataset, cfg, trial, frozenset(settled))
+        kept, hier_report = _hierarchy(kept, dataset, cfg, trial)
+        waiting = Counter(out["id"] for out in passed
+                          if out["row"] not in settled and owner[out["id"]] != out["row"])
+        # Owners that lost their place while a later row with their id is still untried.
+        lost = {row: why for row, why in trial.rejects.items()
+                if row not in settled and waiting[row_ids[row]]}
+        if not lost:
+            break
+        settled.update(lost)
+        settled_issues += [i for i in trial.issues if i["row"] in lost]
+    in_manifest = {out["id"]: out["row"] for out in kept}
+    rejects = {**pending, **settled, **trial.rejects}
+    rejects.update({out["row"]: ("duplicate_id", "") for out in passed
+                    if out["row"] not in settled and owner[out["id"]] != out["row"]})
+    for row, (reason, detail) in sorted(rejects.items()):
+        first = in_manifest.get(row_ids[row])
+        if first is not None and first != row:
+            own = f"; this row itself: {reason} ({detail})" if reason != "duplicate_id" else ""
+            reason, detail = "duplicate_id", (
+                f"id {row_ids[row]!r} belongs to row {first} (the first row with this id that "
+                f"ends in the manifest){own}")
+        col.reject(row, reason, detail)
+    return kept, dup_report, hier_report, settled_issues + trial.issues
 
 
 def _task_column(dataset: DatasetConfig, task: str) -> str:
@@ -395,18 +444,26 @@ def _label_conflicts(members: list[dict[str, Any]], dataset: DatasetConfig) -> d
 
 
 def _exact_duplicates(decoded: list[dict[str, Any]], dataset: DatasetConfig, cfg: CleanConfig,
-                      col: _Collector) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One image per identical pixel content; conflicts handled per clean.conflicting_duplicates."""
+                      col: _Collector, evidence_only: frozenset[int] = frozenset(),
+                      ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One image per identical pixel content; conflicts handled per clean.conflicting_duplicates.
+
+    Rows in ``evidence_only`` (already rejected, see ``_settle_ids``) still count as copies of
+    their image, with their labels, but are never the kept copy and never in the result.
+    """
     by_hash: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for out in decoded:
         by_hash[out["content_hash"]].append(out)
-    drop: set[int] = set()
+    drop: set[int] = set(evidence_only)
     n_groups = n_conflicting = n_merged = 0
-    for members in by_hash.values():
-        if len(members) < 2:
+    for group in by_hash.values():
+        if len(group) < 2:
+            continue
+        first = next((m for m in group if m["row"] not in evidence_only), None)
+        if first is None:
             continue
         n_groups += 1
-        first = members[0]
+        members = [first, *(m for m in group if m is not first)]  # the kept copy first
         conflicts = _label_conflicts(members, dataset)
         what = "; ".join(f"{k}: {' vs '.join(map(repr, v))}" for k, v in conflicts.items())
         if conflicts:

@@ -33,7 +33,11 @@ out-of-fold R²). Discrete features predict the majority class of their value; n
 score the best of their own distinct values, quantile bins and a 1-D k-nearest-neighbour model
 (``numeric_leak_score``); a text source is scored with a naive Bayes model on its words. A
 multilabel task scores its label sets and each label (``TaskTarget.parts``). A score >=
-``select.leakage_threshold`` is a leak.
+``select.leakage_threshold`` is a leak. So is a source or feature whose own values are a
+one-to-one code of a task on the train rows (``one_to_one``: lift 1 whatever the number of
+rows), when its share of distinct values is below ``select.max_unique_ratio`` (above it, a
+column is identifier-like rather than a code: mostly distinct values are trivially one-to-one
+with a label as distinct).
 """
 
 from __future__ import annotations
@@ -44,19 +48,21 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import adjusted_mutual_info_score
+from sklearn.metrics.cluster import expected_mutual_information
 
 from mtl.config import SelectConfig
 from mtl.schema import TaskKind
 
 __all__ = [
     "FEATURE_COLUMN_PREFIX", "FEATURE_PREFIX", "TOKEN_PATTERN", "FeatureSelection", "TaskTarget",
-    "apply_feature_encoders", "detect_kind", "leak_score", "numeric_leak_score", "relevance",
-    "select_features", "text_leak_score", "tokenize",
+    "adjusted_mutual_info", "apply_feature_encoders", "column_key", "detect_kind", "leak_score",
+    "numeric_leak_score", "one_to_one", "relevance", "select_features", "text_leak_score",
+    "tokenize",
 ]
 
 FEATURE_COLUMN_PREFIX = "f__"
@@ -89,7 +95,24 @@ class TaskTarget:
 
     def parts(self) -> list[TaskTarget]:
         """Single-label targets to score against: the task itself, or for a multilabel task
-        its label sets as classes plus each label as a binary task."""
+        its label sets as classes plus each label as a binary task (built once per target:
+        every feature is scored against them)."""
+        return self._parts
+
+    @cached_property
+    def discrete(self) -> np.ndarray:
+        """``[N]`` class index per row (regression values cut into quantile bins), -1 =
+        missing; a single-label target only (see ``parts``)."""
+        return _discrete_target(self)
+
+    @cached_property
+    def exact(self) -> np.ndarray:
+        """``[N]`` index of each row's exact value (class, 0/1 or regression value) among the
+        distinct values, -1 = missing; a single-label target only."""
+        return pd.factorize(pd.Series(self.values))[0].astype(np.int64)
+
+    @cached_property
+    def _parts(self) -> list[TaskTarget]:
         if self.kind is not TaskKind.MULTILABEL:
             return [self]
         ok = self.present()
@@ -147,19 +170,28 @@ def detect_kind(values: pd.Series) -> str:
     return "text" if words >= 3 else "categorical"
 
 
-def _encode_one(raw: pd.Series, enc: dict[str, Any]) -> np.ndarray:
+def _prepare(raw: pd.Series, kind: str) -> Any:
+    """A source column parsed once for all the features of one encoder type."""
+    if kind in ("standardise", "missing_indicator"):
+        return np.array([_to_float(v) for v in raw], dtype=np.float64)  # [N], NaN = missing
+    if kind == "one_hot":
+        return np.array([_norm_text(v) for v in raw], dtype=object)  # [N] str / None
+    if kind == "word":
+        return [tokenize(v) for v in raw]
+    raise ValueError(f"unknown feature encoder type {kind!r}: expected standardise, "
+                     "missing_indicator, one_hot or word")
+
+
+def _encode_one(prepared: Any, enc: dict[str, Any]) -> np.ndarray:
     kind = enc["type"]
     if kind == "standardise":
-        x = np.array([_to_float(v) for v in raw], dtype=np.float64)
-        z = (x - enc["mean"]) / enc["std"]
+        z = (prepared - enc["mean"]) / enc["std"]
         return np.where(np.isnan(z), 0.0, z).astype(np.float32)
     if kind == "missing_indicator":
-        return np.array([math.isnan(_to_float(v)) for v in raw], dtype=np.float32)
+        return np.isnan(prepared).astype(np.float32)
     if kind == "one_hot":
-        return np.array([_norm_text(v) == enc["value"] for v in raw], dtype=np.float32)
-    if kind == "word":
-        return np.array([enc["word"] in tokenize(v) for v in raw], dtype=np.float32)
-    raise ValueError(f"unknown feature encoder type {kind!r}")
+        return (prepared == enc["value"]).astype(np.float32)
+    return np.array([enc["word"] in words for words in prepared], dtype=np.float32)
 
 
 def apply_feature_encoders(frame: pd.DataFrame, schema_features: Sequence[dict[str, Any]],
@@ -169,12 +201,18 @@ def apply_feature_encoders(frame: pd.DataFrame, schema_features: Sequence[dict[s
     ``frame`` holds the raw source columns (a labels table; the clean manifest stores them as
     ``src__<column>``, so pass ``prefix="src__"`` there); ``schema_features`` is
     ``schema.json["features"]``. A source column absent from ``frame`` encodes as missing.
+    Each source column is parsed once per encoder type, not once per feature (a categorical
+    column with 20 one-hot features is normalised once).
     """
     out = np.zeros((len(frame), len(schema_features)), dtype=np.float32)
+    prepared: dict[tuple[str, str], Any] = {}
     for j, feat in enumerate(schema_features):
-        col = prefix + feat["source"]
-        raw = frame[col] if col in frame.columns else pd.Series([None] * len(frame), dtype=object)
-        out[:, j] = _encode_one(raw.reset_index(drop=True), feat["encoder"])
+        col, kind = prefix + feat["source"], feat["encoder"]["type"]
+        if (col, kind) not in prepared:
+            raw = (frame[col] if col in frame.columns else
+                   pd.Series([None] * len(frame), dtype=object))
+            prepared[col, kind] = _prepare(raw.reset_index(drop=True), kind)
+        out[:, j] = _encode_one(prepared[col, kind], feat["encoder"])
     return out
 
 
@@ -195,8 +233,12 @@ def _codes(x: np.ndarray, numeric: bool) -> np.ndarray:
     return codes.astype(np.int64)
 
 
+@lru_cache(maxsize=32)
 def _folds(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).permutation(n) % _FOLDS
+    """``[n]`` fold of each row (the same for every feature scored on these rows: cached)."""
+    folds = np.random.default_rng(seed).permutation(n) % _FOLDS
+    folds.flags.writeable = False
+    return folds
 
 
 def _discrete_target(t: TaskTarget) -> np.ndarray:
@@ -234,6 +276,18 @@ def _leak_score(codes: np.ndarray, task: TaskTarget, seed: int) -> float:
         return _r2(y_raw, pred)
     y = y_raw.astype(np.int64)
     k, c = int(y.max()) + 1, int(x.max()) + 1
+    if _FOLDS * c * k <= 1 << 20:
+        # All folds at once (the same result as the loop below, without its per-fold
+        # overhead, which dominated on wide tables): training counts of fold f are the
+        # totals minus fold f's own counts.
+        per = np.bincount((fold * c + x) * k + y,
+                          minlength=_FOLDS * c * k).reshape(_FOLDS, c, k)  # [F, value, class]
+        train = per.sum(0, keepdims=True) - per
+        y_per = np.bincount(fold * k + y, minlength=_FOLDS * k).reshape(_FOLDS, k)
+        overall = (y_per.sum(0, keepdims=True) - y_per).argmax(1)  # [F] training majority
+        majority = np.where(train.sum(2) > 0, train.argmax(2), overall[:, None])  # [F, value]
+        correct_all = int((majority[fold, x] == y).sum())
+        return _lift(correct_all / n, int((y == overall[fold]).sum()) / n)
     correct = base_correct = 0
     for f in range(_FOLDS):
         tr, te = fold != f, fold == f
@@ -267,6 +321,43 @@ def numeric_leak_score(x: np.ndarray, task: TaskTarget, seed: int) -> float:
                                                                   seed)]
     scores += [_knn_score(x, part, seed) for part in task.parts()]
     return max(scores)
+
+
+def one_to_one(codes: np.ndarray, task: TaskTarget, max_unique_ratio: float) -> bool:
+    """Whether the feature's own values (``codes``: ``[N]`` ints, -1 = missing) are a one-to-one
+    relabelling of ``task`` (or of a part of it: a multilabel task's label sets or one label)
+    on the rows where both are present.
+
+    Such a feature is a leak whatever the number of rows: with two rows per class an
+    out-of-fold score cannot see it (about one test row in five has its twin in the same
+    fold, so lift is about 0.8), and under 10 rows no lift is computed at all.
+    A bijection counts only where values repeat, i.e. the share of distinct values is below
+    ``select.max_unique_ratio``: a mostly unique column is trivially one-to-one with anything
+    as unique, which is what ``identifier_like`` stands for, not evidence of a leak.
+    """
+    for part in task.parts():
+        ok = (part.exact >= 0) & (codes >= 0)
+        x, y = codes[ok], part.exact[ok]
+        if len(x) < 2:
+            continue
+        # Distinct counts by bincount: codes and classes are small non-negative indices.
+        n_x = int(np.count_nonzero(np.bincount(x)))
+        if n_x / len(x) >= max_unique_ratio or n_x < 2:
+            continue
+        if int(np.count_nonzero(np.bincount(y))) != n_x:
+            continue
+        # Distinct (value, class) pairs; np.unique, not bincount: values x classes can be
+        # huge for a regression target.
+        if len(np.unique(x * (int(y.max()) + 1) + y)) == n_x:
+            return True
+    return False
+
+
+def column_key(x: np.ndarray) -> bytes:
+    """Content key of one feature column ``[N]``: identical columns, identical keys (a 128-bit
+    BLAKE2 digest of the values' bytes). The duplicate check looks each column's key up in a
+    dictionary: one key per column, so the check is linear in the number of columns."""
+    return hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16).digest()
 
 
 def _knn_score(x: np.ndarray, task: TaskTarget, seed: int) -> float:
@@ -328,23 +419,59 @@ def relevance(codes: np.ndarray, tasks: Sequence[TaskTarget]) -> dict[str, float
             parts = parts[1:]  # the labels, one binary task each
         scores = []
         for part in parts:
-            y = _discrete_target(part)
+            y = part.discrete
             ok = y >= 0
-            if ok.sum() < 2 or len(np.unique(y[ok])) < 2:
-                scores.append(0.0)
-                continue
-            scores.append(float(adjusted_mutual_info_score(y[ok], codes[ok])))
+            # A task with one class here carries no information to rank by: 0, not sklearn's
+            # "both constant is a perfect match" 1.
+            informative = ok.sum() >= 2 and len(np.unique(y[ok])) >= 2
+            scores.append(adjusted_mutual_info(y[ok], codes[ok]) if informative else 0.0)
         out[t.name] = float(np.mean(scores)) if scores else 0.0
     return out
+
+
+def adjusted_mutual_info(y: np.ndarray, x: np.ndarray) -> float:
+    """Adjusted mutual information (Vinh, Epps & Bailey 2010; arithmetic normalisation) of two
+    labelings ``[N]``, with the value ``sklearn.metrics.adjusted_mutual_info_score`` gives.
+
+    The contingency table is built here with one ``bincount`` and the expected mutual
+    information comes from sklearn (``expected_mutual_information``): sklearn's full function
+    validates its inputs on every call (about 10 ms), which was 70 % of the select stage on a
+    table with thousands of columns, one call per feature and task.
+    """
+    _, yi = np.unique(y, return_inverse=True)
+    _, xi = np.unique(x, return_inverse=True)
+    ky, kx = int(yi.max(initial=-1)) + 1, int(xi.max(initial=-1)) + 1
+    if ky == kx and ky <= 1:
+        return 1.0  # both constant (or empty): a perfect match, as sklearn has it
+    if ky == 1 or kx == 1:
+        return 0.0
+    n = len(yi)
+    table = np.bincount(yi * kx + xi, minlength=ky * kx).reshape(ky, kx)  # [classes, values]
+    a, b = table.sum(1), table.sum(0)  # row / column margins, all > 0
+    nz = table > 0
+    nij = table[nz]
+    mi = float(max((nij / n * (np.log(nij) + math.log(n)
+                                - np.log(np.outer(a, b)[nz]))).sum(), 0.0))
+    emi = float(expected_mutual_information(table, n))
+    h_y = float(-(a / n * np.log(a / n)).sum())
+    h_x = float(-(b / n * np.log(b / n)).sum())
+    eps = float(np.finfo(np.float64).eps)
+    # Keep the signs away from 0/0, as sklearn does (a perfect match has mi == emi == h).
+    den = (h_y + h_x) / 2 - emi
+    den = min(den, -eps) if den < 0 else max(den, eps)
+    num = mi - emi
+    num = min(num, -eps) if num < 0 else max(num, eps)
+    return num / den
 
 
 # ---------------------------------------------------------------------------------------------
 # Selection
 
 
-def _candidate_features(name: str, raw: pd.Series, kind: str,
-                        cfg: SelectConfig) -> list[dict[str, Any]]:
-    """Schema entries (name, column, source, kind, encoder) a surviving source expands into."""
+def _candidate_features(name: str, raw: pd.Series, kind: str, cfg: SelectConfig,
+                        normed: Sequence[str | None]) -> list[dict[str, Any]]:
+    """Schema entries (name, column, source, kind, encoder) a surviving source expands into
+    (``normed``: the source's cells stripped and case-folded, computed once by the caller)."""
     def entry(fname: str, enc: dict[str, Any]) -> dict[str, Any]:
         return {"name": fname, "column": FEATURE_COLUMN_PREFIX + fname, "source": name,
                 "kind": kind, "encoder": enc}
@@ -359,7 +486,7 @@ def _candidate_features(name: str, raw: pd.Series, kind: str,
             out.append(entry(f"{name}:missing", {"type": "missing_indicator"}))
         return out
     if kind == "categorical":
-        counts = Counter(v for v in (_norm_text(r) for r in raw) if v is not None)
+        counts = Counter(v for v in normed if v is not None)
     else:
         counts = Counter(w for r in raw for w in tokenize(r))
     common = sorted(((v, n) for v, n in counts.items() if n >= cfg.min_category_count),
@@ -410,25 +537,36 @@ def select_features(train: pd.DataFrame, sources: dict[str, str], tasks: Sequenc
                               "detail": f"{unique_ratio:.1%} of values are distinct "
                                         ">= select.max_unique_ratio"})
             continue
+        coded: list[str] = []
         if kind == "text":
             words = [tokenize(v) for v in raw]
             lifts = {t.name: text_leak_score(words, t, seed) for t in tasks}
-        elif kind == "numeric":
-            lifts = {t.name: numeric_leak_score(nums, t, seed) for t in tasks}
         else:
-            codes = _codes(np.array(normed, dtype=object), False)
-            lifts = {t.name: leak_score(codes, t, seed) for t in tasks}
+            # The source's own values as codes (-1 = missing) for the one-to-one check.
+            exact, _ = pd.factorize(pd.Series(nums) if kind == "numeric" else
+                                    pd.Series(normed, dtype=object))
+            coded = [t.name for t in tasks if one_to_one(exact, t, cfg.max_unique_ratio)]
+            if kind == "numeric":
+                lifts = {t.name: numeric_leak_score(nums, t, seed) for t in tasks}
+            else:
+                codes = _codes(np.array(normed, dtype=object), False)
+                lifts = {t.name: leak_score(codes, t, seed) for t in tasks}
+            lifts.update(dict.fromkeys(coded, 1.0))
         worst = max(lifts, key=lambda k: lifts[k]) if lifts else None
         if worst is not None and lifts[worst] >= cfg.leakage_threshold:
             leaked = sorted(k for k, v in lifts.items() if v >= cfg.leakage_threshold)
+            code = (f"its values are a one-to-one code of task(s) {coded} on the train rows; "
+                    if coded else "")
             decisions.append({**base, "kept": False, "reason": "target_leak", "task": worst,
                               "leaked_tasks": leaked, "score": lifts[worst], "lifts": lifts,
-                              "detail": f"alone predicts task(s) {leaked} (best: {worst!r}, "
-                                        f"lift {lifts[worst]:.3f}) >= select.leakage_threshold"})
+                              "one_to_one": coded,
+                              "detail": f"{code}alone predicts task(s) {leaked} (best: "
+                                        f"{worst!r}, lift {lifts[worst]:.3f}) >= "
+                                        "select.leakage_threshold"})
             continue
         decisions.append({**base, "kept": True, "reason": "expanded", "score": None,
                           "lifts": lifts})
-        candidates.extend(_candidate_features(name, raw, kind, cfg))
+        candidates.extend(_candidate_features(name, raw, kind, cfg, normed))
 
     if not candidates:
         return FeatureSelection([], decisions)
@@ -446,14 +584,19 @@ def select_features(train: pd.DataFrame, sources: dict[str, str], tasks: Sequenc
                               "score": dominance,
                               "detail": f"one value covers {dominance:.1%} of train rows"})
             continue
-        codes = _codes(x, numeric)
+        # Indicators (one-hot, word, missing) are 0/1 already: their values are their codes.
+        codes = _codes(x, True) if numeric else x.astype(np.int64)
+        exact = pd.factorize(x)[0] if numeric else codes
+        coded = [t.name for t in tasks if one_to_one(exact, t, cfg.max_unique_ratio)]
         lifts = {t.name: numeric_leak_score(x, t, seed) if numeric else
                  leak_score(codes, t, seed) for t in tasks}
+        lifts.update(dict.fromkeys(coded, 1.0))
         worst = max(lifts, key=lambda k: lifts[k]) if lifts else None
         if worst is not None and lifts[worst] >= cfg.leakage_threshold:
+            code = f"is a one-to-one code of task(s) {coded}; " if coded else ""
             decisions.append({**fbase, "kept": False, "reason": "target_leak", "task": worst,
-                              "score": lifts[worst], "lifts": lifts,
-                              "detail": f"alone predicts task {worst!r} with lift "
+                              "score": lifts[worst], "lifts": lifts, "one_to_one": coded,
+                              "detail": f"{code}alone predicts task {worst!r} with lift "
                                         f"{lifts[worst]:.3f}"})
             continue
         mi = relevance(codes, tasks)
@@ -473,7 +616,8 @@ def select_features(train: pd.DataFrame, sources: dict[str, str], tasks: Sequenc
                                 "rank": rank, "relevance": mi}
         x = matrix[:, j]
         reason, detail = None, ""
-        twin = by_hash.get(hashlib.blake2b(x.tobytes(), digest_size=16).digest())
+        key = column_key(x)
+        twin = by_hash.get(key)
         z = _unit(x)
         r = unit[:, : len(kept)].T @ z if kept else np.zeros(0)
         if twin is not None:
@@ -487,7 +631,7 @@ def select_features(train: pd.DataFrame, sources: dict[str, str], tasks: Sequenc
         if reason is not None:
             decisions.append({**info, "kept": False, "reason": reason, "detail": detail})
             continue
-        by_hash[hashlib.blake2b(x.tobytes(), digest_size=16).digest()] = j
+        by_hash[key] = j
         unit[:, len(kept)] = z
         kept.append(j)
         decisions.append({**info, "kept": True, "reason": "top_k", "detail": ""})

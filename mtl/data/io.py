@@ -8,34 +8,50 @@ import math
 import re
 import warnings
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["DataError", "read_json", "read_labels_table", "write_json"]
+__all__ = ["DataError", "duplicate_names", "read_json", "read_labels_table", "whole_numbers",
+           "write_json"]
 
 
 class DataError(ValueError):
     """The user's data cannot be used as given; the message names the file, column or row."""
 
 
-def read_labels_table(path: Path) -> pd.DataFrame:
+def read_labels_table(path: Path,
+                      list_separators: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Read a CSV, TSV or Parquet labels table with every cell as ``str`` (``None`` when missing).
 
     Reading as strings keeps the raw values exactly as the user wrote them: parsing and
     normalisation are decisions of the clean stage, recorded there. The same logical table
-    reads the same in every format: an empty CSV cell and a Parquet null are both ``None``, and
-    an integer Parquet column (nullable or not) reads as ``"3"``, as a CSV would have it.
+    reads the same in every format:
+
+    * an empty cell, a Parquet null and a Parquet ``""`` are all ``None``;
+    * an integer Parquet column (nullable or not) reads as ``"3"``, as a CSV would have it;
+    * a float column is written with the shortest text that gives back the stored value at
+      its width (a float32 ``0.1`` reads as ``"0.1"``, not ``"0.10000000149011612"``);
+    * whole numbers: a column whose every present cell is an integer or a whole number written
+      as ``N.0`` (at least one of them) is an integer column that a writer stored as float
+      (pandas does so for integers with gaps): its ``N.0`` cells read as ``N``. The rule works
+      on the text, so a CSV's ``"3.0"`` and a float Parquet ``3.0`` both read as ``"3"``;
+    * a Parquet list column (``list<string>``) reads as its items joined by the separator
+      ``list_separators`` gives for the column (a multilabel task's ``separator``), as a CSV
+      would hold it (``"red|blue"``); a list column with no separator, a nested list, or an item
+      that contains the separator is a ``DataError`` naming the column.
     """
     if not path.is_file():
         raise DataError(f"labels table not found: expected a CSV or Parquet file at {path}")
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            frame = _read_parquet_as_text(path)
+            frame = _read_parquet_as_text(path, dict(list_separators or {}))
         elif suffix in (".csv", ".tsv", ".txt"):
             sep = "\t" if suffix == ".tsv" else ","
             _check_csv_shape(path, sep)
@@ -47,8 +63,13 @@ def read_labels_table(path: Path) -> pd.DataFrame:
                                     engine="python", index_col=False, skip_blank_lines=False)
             # One object array for the whole table (``None`` where empty): converting column by
             # column costs seconds on a table with thousands of columns.
-            frame = pd.DataFrame(frame.to_numpy(dtype=object, na_value=None),
-                                 columns=frame.columns, dtype=object)
+            cells = frame.to_numpy(dtype=object, na_value=None)  # [rows, columns]
+            for j in range(cells.shape[1]):
+                column = list(cells[:, j])
+                fixed = whole_numbers(column)  # the same list when the rule does not apply
+                if fixed is not column:
+                    cells[:, j] = fixed
+            frame = pd.DataFrame(cells, columns=frame.columns, dtype=object)
         else:
             raise DataError(f"{path}: unsupported labels table format {suffix!r} "
                             "(expected .csv, .tsv or .parquet)")
@@ -63,14 +84,15 @@ def read_labels_table(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, csv.Error, ValueError, OSError) as exc:
         raise DataError(f"{path}: cannot be parsed as a table: {exc}") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
-    dupes = _duplicates(list(frame.columns))
+    dupes = duplicate_names(list(frame.columns))
     if dupes:
         raise DataError(f"{path}: duplicate column names {dupes}")
     return frame.reset_index(drop=True)
 
 
-def _duplicates(names: list[str]) -> list[str]:
-    """Names occurring more than once (one pass over a hash table: linear in the columns)."""
+def duplicate_names(names: list[str]) -> list[str]:
+    """Column names occurring more than once, sorted (one pass over a hash table: linear in
+    the number of columns; only names with equal hashes are ever compared)."""
     return sorted(name for name, n in Counter(names).items() if n > 1)
 
 
@@ -88,24 +110,73 @@ def _cell_text(value: Any) -> str | None:
     return text if text != "" else None
 
 
-def _column_text(values: list[Any]) -> list[str | None]:
-    """A Parquet column as text cells.
+_WHOLE = re.compile(r"[+-]?\d+(\.0+)?")
+
+
+def whole_numbers(cells: list[str | None]) -> list[str | None]:
+    """The whole-number rule of every reader, on one column of text cells (``None`` = missing).
+
+    When every present cell is an integer (``3``) or a whole number written as ``N.0``
+    (``3.0``, ``-12.00``), and at least one is written as ``N.0``, the column is an integer
+    column stored as float: its ``N.0`` cells become ``N``. Any other column is unchanged.
+    A first non-matching cell settles it, so a text column costs one look-up.
+    """
+    fraction = False
+    for cell in cells:
+        if cell is None:
+            continue
+        m = _WHOLE.fullmatch(cell)
+        if m is None:
+            return cells
+        fraction = fraction or m.group(1) is not None
+    if not fraction:
+        return cells
+    return [None if c is None else c.split(".", 1)[0] for c in cells]
+
+
+def _list_text(value: list[Any], column: str, separator: str | None) -> str | None:
+    """A Parquet list cell as the separator-joined text a CSV multilabel cell would hold."""
+    if separator is None:
+        raise DataError(f"column {column!r} holds lists ({value!r}); a list column is read "
+                        "only for a multilabel task (joined with its separator), found none")
+    items: list[str] = []
+    for item in value:
+        if isinstance(item, (list, dict)):
+            raise DataError(f"column {column!r}: expected a list of labels, found a nested "
+                            f"value {item!r}")
+        text = _cell_text(item)
+        if text is None:
+            continue
+        if separator in text:
+            raise DataError(f"column {column!r}: the label {text!r} contains the task's "
+                            f"separator {separator!r}, so it cannot be told apart")
+        items.append(text)
+    return separator.join(items) if items else None
+
+
+def _column_text(column: pa.ChunkedArray, name: str,
+                 separator: str | None) -> list[str | None]:
+    """A Parquet column as the text cells a CSV of the same table would hold.
 
     Values come from Arrow as Python objects (``to_pylist``), so an integer column with nulls
-    stays ``int`` + ``None`` (pandas would make it float and ``3`` would become ``"3.0"``). A
-    float column whose values are all whole numbers is an integer column that a writer stored as
-    float (pandas does so for integers with gaps): its cells are written as integers.
+    stays ``int`` + ``None`` (pandas would make it float and ``3`` would become ``"3.0"``).
+    A float column is written with the shortest text of its stored width (Python's ``repr``
+    for float64, numpy's for float32/float16, as pandas writes them to a CSV); the
+    whole-number rule (``whole_numbers``) then applies as for a CSV.
     """
-    present = [v for v in values if v is not None]
-    if present and all(isinstance(v, float) for v in present):
-        finite = [v for v in present if math.isfinite(v)]
-        if finite and all(v.is_integer() and abs(v) < 2**53 for v in finite):
-            return [None if v is None or math.isnan(v) else
-                    str(int(v)) if math.isfinite(v) else str(v) for v in values]
-    return [_cell_text(v) for v in values]
+    values = column.to_pylist()
+    kind = column.type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or \
+            pa.types.is_fixed_size_list(kind):
+        return [None if v is None else _list_text(v, name, separator) for v in values]
+    if pa.types.is_float32(kind) or pa.types.is_float16(kind):
+        width = np.float32 if pa.types.is_float32(kind) else np.float16
+        return whole_numbers([None if v is None or math.isnan(v) else str(width(v))
+                              for v in values])
+    return whole_numbers([_cell_text(v) for v in values])
 
 
-def _read_parquet_as_text(path: Path) -> pd.DataFrame:
+def _read_parquet_as_text(path: Path, list_separators: dict[str, str]) -> pd.DataFrame:
     """Every column of a Parquet file as object columns of ``str``/``None``.
 
     Read through Arrow rather than ``pandas.read_parquet``: pandas turns integer columns with
@@ -116,8 +187,12 @@ def _read_parquet_as_text(path: Path) -> pd.DataFrame:
     # pandas stores an unnamed, non-default index as ``__index_level_0__``: not a user column
     # (a named index, such as ``id``, is one and is kept).
     index_cols = {c for c in table.column_names if re.fullmatch(r"__index_level_\d+__", c)}
-    data = {name: pd.Series(_column_text(table.column(i).to_pylist()), dtype=object)
-            for i, name in enumerate(table.column_names) if name not in index_cols}
+    try:
+        data = {name: pd.Series(_column_text(table.column(i), name, list_separators.get(name)),
+                                dtype=object)
+                for i, name in enumerate(table.column_names) if name not in index_cols}
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from exc
     return pd.DataFrame(data, columns=[c for c in table.column_names if c not in index_cols],
                         index=pd.RangeIndex(table.num_rows))
 
@@ -133,7 +208,7 @@ def _check_csv_shape(path: Path, sep: str) -> None:
         header = next(reader, None)
         if header is None:
             return
-        dupes = _duplicates([h.strip() for h in header])
+        dupes = duplicate_names([h.strip() for h in header])
         if dupes:
             raise DataError(f"{path}: duplicate column names {dupes}")
         bad: list[str] = []

@@ -169,6 +169,25 @@ def _id_reused_after_reject(root: Path, table: pd.DataFrame) -> tuple[pd.DataFra
     return table.drop(index=5).reset_index(drop=True), {}, {}
 
 
+def _id_reused_after_duplicate_image(root: Path, table: pd.DataFrame,
+                                     ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
+    """A row dropped as an exact duplicate (of row 2), then a valid row with its id: the id
+    goes to the valid row, the one that ends in the manifest."""
+    dup = _row("x-bad", "images/0002.png", table.loc[2, "a"], table.loc[2, "b"])
+    table = _add(table, dup, _row("x-bad", "images/0005.png"))
+    return table.drop(index=5).reset_index(drop=True), {}, {}
+
+
+def _codes_written_as_floats(root: Path, table: pd.DataFrame,
+                             ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
+    """Class codes stored as float by the writer ("3.0"): they still match classes [3, 7]."""
+    table = _add(table, _row("x-bad", "images/0005.png")).drop(index=5).reset_index(drop=True)
+    table["code"] = ["3.0" if i % 2 else "7.0" for i in range(len(table))]
+    tasks = (TaskConfig("a", "a"), TaskConfig("b", "b", "binary"),
+             TaskConfig("code", "code", classes=("3", "7")))
+    return table, {"tasks": tasks}, {}
+
+
 def _pos_neg(root: Path, table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any],
                                                        dict[str, Any]]:
     """Declared classes [pos, neg] have no truth value: ``TRUE`` could mean either."""
@@ -227,6 +246,9 @@ ROW_CASES: list[tuple[str, Setup, tuple[str, ...]]] = [
     ("binary_capital_no", _reuse("x-bad", "cat", "NO", tasks=_YES_NO), ("label", "b", "1")),
     ("binary_ambiguous_spelling", _pos_neg, ("issue", "b", "not_binary")),
     ("id_reused_after_a_rejected_row", _id_reused_after_reject, ("label", "a", "cat")),
+    ("id_reused_after_a_dropped_duplicate", _id_reused_after_duplicate_image,
+     ("label", "a", "cat")),
+    ("class_codes_written_as_floats", _codes_written_as_floats, ("label", "code", "3")),
     ("cmyk_converted", _image_mode(lambda: Image.new("CMYK", (16, 16), (0, 0, 0, 255)), "JPEG"),
      ("kept", "CMYK")),
     ("sixteen_bit", _image_mode(lambda: Image.fromarray(
