@@ -1,6 +1,7 @@
 """What the Prefect flow costs on top of `dvc repro` on a fully cached pipeline (issue 10).
 
-Side by side in one run, interleaved so that machine load hits every variant alike:
+Side by side in one run, interleaved (each repetition in a freshly shuffled, seeded order, so
+that no variant always follows the same one) so that machine load hits every variant alike:
 
 * ``dvc repro``                  DVC alone: checks every stage, runs nothing;
 * ``python -m flows.pipeline``   the flow against a running ``prefect server start``;
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import resource
 import signal
 import statistics
@@ -114,12 +116,16 @@ def main() -> int:
                 "PREFECT_API_URL": f"http://127.0.0.1:{args.port}/api"})
     times: dict[str, list[float]] = {name: [] for name in variants}
     cpus: dict[str, list[float]] = {name: [] for name in variants}
+    rng = random.Random(0)
+    load_before = Path("/proc/loadavg").read_text().strip()
     try:
         for cmd in variants.values():  # warm-up: file caches, first flow registration
             timed(cmd, project, env)
         for rep in range(args.reps):
-            for name, cmd in variants.items():
-                wall, cpu = timed(cmd, project, env)
+            order = list(variants)
+            rng.shuffle(order)
+            for name in order:
+                wall, cpu = timed(variants[name], project, env)
                 times[name].append(wall)
                 cpus[name].append(cpu)
             print(f"rep {rep + 1}: " + ", ".join(
@@ -129,8 +135,9 @@ def main() -> int:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
 
-    print(f"\n{args.reps} interleaved repetitions, fully cached pipeline, "
-          f"{os.cpu_count()} CPUs, 1-min load average {os.getloadavg()[0]:.1f}\n")
+    print(f"\n{args.reps} interleaved repetitions, fully cached pipeline, {os.cpu_count()} CPUs; "
+          f"/proc/loadavg before: {load_before}, after: "
+          f"{Path('/proc/loadavg').read_text().strip()}\n")
     print("| command | median wall s | min | max | median wall over `dvc repro` s | wall ratio "
           "| median CPU s | CPU over `dvc repro` s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

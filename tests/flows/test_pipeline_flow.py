@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +15,7 @@ import pytest
 import yaml
 
 from flows.pipeline import make_plan, plan_stages, stage_order, topological
-from tests.conftest import make_project
+from tests.conftest import REPO_ROOT, make_project
 
 LOCK_HOLDER = """
 import sys, time
@@ -71,6 +73,50 @@ def test_plan_named_stages_and_orphans() -> None:
     assert plan.order == ["a", "b@x", "b@y", "c"] and plan.stale == ["b@y", "c"]
 
 
+def test_stage_plan_round_trips_as_a_flow_parameter() -> None:
+    from dataclasses import asdict
+
+    from flows.pipeline import StagePlan
+
+    plan = make_plan(STAGES, EDGES, {"train": "changed deps: params.yaml"})
+    data = json.loads(json.dumps(asdict(plan)))  # as the child prints it / the API stores it
+    assert StagePlan.from_dict(data) == plan
+    with pytest.raises(ValueError, match="reasons only for stages of order"):
+        StagePlan.from_dict({"order": ["train"], "reasons": {"evaluate": "x"}})
+    with pytest.raises(ValueError, match="expected a stage plan"):
+        StagePlan.from_dict({"reasons": {}})
+
+
+def test_parameters_serialize_as_prefect_would_without_fastapi() -> None:
+    # Prefect's own serializer (FastAPI's jsonable_encoder) is the reference; the flow's
+    # replacement must store the same values for every parameter shape the flow takes.
+    from fastapi.encoders import jsonable_encoder
+
+    from flows.pipeline import mtl_pipeline
+
+    plan = {"order": PIPELINE, "reasons": {"train": "changed deps: params.yaml"}}
+    for params in ({"stages": None, "force": False, "project_dir": ".", "dvc_plan": None},
+                   {"stages": ["train", "evaluate"], "force": True, "project_dir": "/p",
+                    "dvc_plan": plan}):
+        assert mtl_pipeline.serialize_parameters(params) == jsonable_encoder(params)
+
+
+def test_report_inlined_as_mtl_figures_does(tmp_path: Path) -> None:
+    from flows.pipeline import _inline_pngs
+    from mtl.figures import inline_images
+
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "curves.png").write_bytes(b"\x89PNG fake")
+    (tmp_path / "b.png").write_bytes(b"\x89PNG other")
+    markdown = ("# Report\n![curves](figures/curves.png) and ![b](b.png)\n"
+                "![missing](figures/none.png) ![abs](/tmp/x.png) "
+                "![remote](https://example.org/x.png) ![](data:image/png;base64,AAAA)\n")
+    inlined = _inline_pngs(markdown, tmp_path)
+    assert inlined == inline_images(markdown, tmp_path)
+    assert "![curves](data:image/png;base64,iVBORyBmYWtl)" in inlined
+    assert "figures/curves.png" not in inlined and "](figures/none.png)" in inlined
+
+
 @pytest.mark.slow
 def test_plan_comes_from_dvc(tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj")
@@ -121,6 +167,50 @@ def _artifact_keys() -> set[str]:
     return set(_artifacts())
 
 
+def _plan(flow_run_id: Any) -> dict[str, str]:
+    """Stage -> action (``ran``/``cached``) in one flow run's ``mtl-stage-plan`` artifact."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["mtl-stage-plan"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+
+    (artifact,) = asyncio.run(read())
+    rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    return {row["stage"]: row["action"] for row in rows}
+
+
+def _latest_flow_run() -> Any:
+    """The flow run that started last on the server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async def read() -> Any:
+        async with get_client() as client:
+            (run,) = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+        return run
+
+    return asyncio.run(read())
+
+
+def _cli(args: list[str], api_url: str) -> str:
+    """``python -m flows.pipeline ARGS`` in a fresh process against the test's server."""
+    env = dict(os.environ, PREFECT_API_URL=api_url)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-m", "flows.pipeline", *args], cwd=REPO_ROOT,
+                         env=env, capture_output=True, text=True, timeout=1200, check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, f"flows.pipeline {args} failed:\n{text[-4000:]}"
+    return text
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # four flow runs and a temporary server on a loaded machine
 def test_flow_runs_stale_stages_on_a_real_server(tmp_path: Path, prefect_server: str) -> None:
@@ -142,13 +232,26 @@ def test_flow_runs_stale_stages_on_a_real_server(tmp_path: Path, prefect_server:
     assert "](figures/" in (project / "reports" / "report.md").read_text()
     assert "data:image/png;base64," in report and "](figures/" not in report
 
-    # Second run: DVC finds everything cached; no stage runs, each is marked Cached.
+    assert _plan(state.state_details.flow_run_id) == {s: "ran" for s in PIPELINE}
+
+    # Second run: DVC finds everything cached; no stage runs, no task run but DVC's check;
+    # the run's plan artifact marks every stage cached.
     state = mtl_pipeline(project_dir=str(project), return_state=True)
     assert state.is_completed(), state
-    runs = _runs(state.state_details.flow_run_id, 1 + len(PIPELINE))
-    assert not [r for r in runs if r[0].startswith("dvc repro")]
-    cached = {name: (kind, sname) for name, kind, sname, _ in runs if name.startswith("dvc cached")}
-    assert cached == {f"dvc cached {s}": ("COMPLETED", "Cached") for s in PIPELINE}
+    assert state.result() == {s: "" for s in PIPELINE}
+    runs = _runs(state.state_details.flow_run_id, 1)
+    assert [name for name, *_ in runs] == ["dvc status"]
+    assert _plan(state.state_details.flow_run_id) == {s: "cached" for s in PIPELINE}
+
+    # The command line: DVC's check runs in a child process while Prefect imports, and the
+    # flow run receives its plan as a parameter instead of checking again in a task.
+    text = _cli(["--project-dir", str(project)], prefect_server)
+    assert "DVC checked the stages just before this run" in text
+    assert "Task run" not in text  # the console log shows every task run's final state
+    run = _latest_flow_run()
+    assert run.state.is_completed(), run.state
+    assert run.parameters["dvc_plan"] == {"order": PIPELINE, "reasons": {}}
+    assert _plan(run.id) == {s: "cached" for s in PIPELINE}
 
     # A multi-task train.* change: train is stale, evaluate is downstream of it; the rest
     # (the single-task baselines included) is cached.
@@ -163,21 +266,24 @@ def test_flow_runs_stale_stages_on_a_real_server(tmp_path: Path, prefect_server:
     runs = _runs(state.state_details.flow_run_id, 1 + len(PIPELINE))
     assert sorted(n for n, *_ in runs if n.startswith("dvc repro")) == [
         "dvc repro evaluate", "dvc repro train"]
-    assert sorted(n for n, _, s, _ in runs if s == "Cached") == sorted(
-        f"dvc cached {s}" for s in PIPELINE if s not in ("train", "evaluate"))
+    assert _plan(state.state_details.flow_run_id) == {
+        s: "ran" if s in ("train", "evaluate") else "cached" for s in PIPELINE}
 
-    # Another DVC process holds the repository lock: the status check is retried, then runs.
+    # Another DVC process holds the repository lock: the command line's child process fails
+    # on it, so the flow checks in its `dvc status` task, which is retried, then runs.
     holder = subprocess.Popen(
         [sys.executable, "-c", LOCK_HOLDER, str(project), "60"], stdout=subprocess.PIPE,
         text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        state = mtl_pipeline(stages=["select"], force=True, project_dir=str(project),
-                             return_state=True)
+        text = _cli(["select", "--force", "--project-dir", str(project)], prefect_server)
     finally:
         holder.wait(timeout=300)
-    assert state.is_completed(), state
-    runs = _runs(state.state_details.flow_run_id, 2)
+    run = _latest_flow_run()
+    assert run.state.is_completed(), run.state
+    assert run.parameters["dvc_plan"] is None
+    runs = _runs(run.id, 2)
     counts = {name: count for name, _, _, count in runs}
     assert counts["dvc status"] >= 2, counts  # failed on the lock, retried, succeeded
-    assert "Running stage 'select'" in state.result()["select"]
+    assert sorted(counts) == ["dvc repro select", "dvc status"]
+    assert "Running stage 'select'" in text
