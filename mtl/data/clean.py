@@ -248,7 +248,8 @@ def clean(dataset: DatasetConfig, cfg: CleanConfig) -> CleanResult:
         raise DataError(f"dataset.dir: expected a folder, found nothing at {root}")
     source = root / dataset.labels
     table = read_labels_table(source, {t.column: t.separator for t in dataset.tasks
-                                       if TaskKind(t.kind) is TaskKind.MULTILABEL})
+                                       if TaskKind(t.kind) is TaskKind.MULTILABEL},
+                              dataset.missing_values)
     validate_schema(table, dataset, cfg, source)
     features = feature_sources(list(table.columns), dataset)
     normalisers = {t.name: LabelNormaliser.fit(t, table[t.column], dataset.missing_values)
