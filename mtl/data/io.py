@@ -31,7 +31,8 @@ class DataError(ValueError):
 
 def read_labels_table(path: Path,
                       list_separators: Mapping[str, str] | None = None,
-                      missing_values: Iterable[str] = DEFAULT_MISSING_VALUES) -> pd.DataFrame:
+                      missing_values: Iterable[str] = DEFAULT_MISSING_VALUES,
+                      raw_cells: dict[str, list[str | None]] | None = None) -> pd.DataFrame:
     """Read a CSV, TSV or Parquet labels table with every cell as ``str`` (``None`` when missing).
 
     Reading as strings keeps the raw values exactly as the user wrote them: parsing and
@@ -55,6 +56,9 @@ def read_labels_table(path: Path,
       ``list_separators`` gives for the column (a multilabel task's ``separator``), as a CSV
       would hold it (``"red|blue"``); a list column with no separator, a nested list, or an item
       that contains the separator is a ``DataError`` naming the column.
+
+    ``raw_cells``, when given, receives the cells as written (before the whole-number rule) of
+    every column the rule rewrote, so that messages and rejects can quote the user's text.
     """
     if not path.is_file():
         raise DataError(f"labels table not found: expected a CSV or Parquet file at {path}")
@@ -62,7 +66,8 @@ def read_labels_table(path: Path,
     tokens = tuple(missing_values)
     try:
         if suffix == ".parquet":
-            frame = _read_parquet_as_text(path, dict(list_separators or {}), tokens)
+            frame = _read_parquet_as_text(path, dict(list_separators or {}), tokens,
+                                          raw_cells)
         elif suffix in (".csv", ".tsv", ".txt"):
             sep = "\t" if suffix == ".tsv" else ","
             _check_csv_shape(path, sep)
@@ -80,6 +85,8 @@ def read_labels_table(path: Path,
                 fixed = whole_numbers(column, tokens)  # the same list when the rule does not apply
                 if fixed is not column:
                     cells[:, j] = fixed
+                    if raw_cells is not None:
+                        raw_cells[str(frame.columns[j]).strip()] = column
             frame = pd.DataFrame(cells, columns=frame.columns, dtype=object)
         else:
             raise DataError(f"{path}: unsupported labels table format {suffix!r} "
@@ -196,8 +203,8 @@ def _list_text(value: list[Any], column: str, separator: str | None) -> str | No
     return separator.join(items) if items else None
 
 
-def _column_text(column: pa.ChunkedArray, name: str, separator: str | None,
-                 tokens: tuple[str, ...]) -> list[str | None]:
+def _column_text(column: pa.ChunkedArray, name: str,
+                 separator: str | None) -> list[str | None]:
     """A Parquet column as the text cells a CSV of the same table would hold.
 
     Values come from Arrow as Python objects (``to_pylist``), so an integer column with nulls
@@ -213,16 +220,15 @@ def _column_text(column: pa.ChunkedArray, name: str, separator: str | None,
         return [None if v is None else _list_text(v, name, separator) for v in values]
     if pa.types.is_timestamp(kind) or pa.types.is_duration(kind) or \
             pa.types.is_time(kind):
-        return whole_numbers(_pandas_csv_text(column, name), tokens)
+        return _pandas_csv_text(column, name)
     if pa.types.is_decimal(kind):
         # A decimal column has one scale, so a stored ``2`` comes back as ``2.00``: the
         # normalised text (no trailing zeros, never an exponent) is what the value means.
-        return whole_numbers([None if v is None else _decimal_text(v) for v in values], tokens)
+        return [None if v is None else _decimal_text(v) for v in values]
     if pa.types.is_float32(kind) or pa.types.is_float16(kind):
         width = np.float32 if pa.types.is_float32(kind) else np.float16
-        return whole_numbers([None if v is None or math.isnan(v) else str(width(v))
-                              for v in values], tokens)
-    return whole_numbers([_cell_text(v) for v in values], tokens)
+        return [None if v is None or math.isnan(v) else str(width(v)) for v in values]
+    return [_cell_text(v) for v in values]
 
 
 def _decimal_text(value: decimal.Decimal) -> str:
@@ -253,7 +259,8 @@ def _pandas_csv_text(column: pa.ChunkedArray, name: str) -> list[str | None]:
 
 
 def _read_parquet_as_text(path: Path, list_separators: dict[str, str],
-                          tokens: tuple[str, ...]) -> pd.DataFrame:
+                          tokens: tuple[str, ...],
+                          raw_cells: dict[str, list[str | None]] | None) -> pd.DataFrame:
     """Every column of a Parquet file as object columns of ``str``/``None``.
 
     Read through Arrow rather than ``pandas.read_parquet``: pandas turns integer columns with
@@ -264,11 +271,16 @@ def _read_parquet_as_text(path: Path, list_separators: dict[str, str],
     # pandas stores an unnamed, non-default index as ``__index_level_0__``: not a user column
     # (a named index, such as ``id``, is one and is kept).
     index_cols = {c for c in table.column_names if re.fullmatch(r"__index_level_\d+__", c)}
+    data: dict[str, pd.Series] = {}
     try:
-        data = {name: pd.Series(_column_text(table.column(i), name, list_separators.get(name),
-                                             tokens),
-                                dtype=object)
-                for i, name in enumerate(table.column_names) if name not in index_cols}
+        for i, name in enumerate(table.column_names):
+            if name in index_cols:
+                continue
+            text = _column_text(table.column(i), name, list_separators.get(name))
+            fixed = whole_numbers(text, tokens)
+            if fixed is not text and raw_cells is not None:
+                raw_cells[name.strip()] = text
+            data[name] = pd.Series(fixed, dtype=object)
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from exc
     return pd.DataFrame(data, columns=[c for c in table.column_names if c not in index_cols],

@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from mtl.config import CleanConfig, DatasetConfig, SelectConfig, TaskConfig
 from mtl.data.clean import CleanResult, clean
 from mtl.data.features import TaskTarget, bijection_chance, one_to_one, select_features
-from mtl.data.io import read_labels_table, whole_numbers
+from mtl.data.io import DataError, read_labels_table, whole_numbers
 from mtl.schema import TaskKind
 from tests.conftest import write_png
 
@@ -180,3 +181,23 @@ def test_whole_number_rule_never_merges_two_distinct_values(tmp_path: Path) -> N
     result = _clean(tmp_path, "t.csv", TaskConfig("c", "c"))
     assert sorted(result.manifest["id"]) == ["7", "7.0", "8"]  # two samples, not a duplicate
     assert result.rejects.empty
+
+
+def test_messages_issues_and_rejects_quote_the_cells_as_written(tmp_path: Path) -> None:
+    _images(tmp_path, 4)  # ids 0..3 have images, 4 has none
+    table = pd.DataFrame({"id": [0.0, 1.0, 2.0, 3.0, 4.0], "grade": [1, 2, 9, 1, None]})
+    table.to_csv(tmp_path / "t.csv", index=False)
+    table.to_parquet(tmp_path / "t.parquet", index=False)
+    for name in ("t.csv", "t.parquet"):
+        raw: dict[str, list[str | None]] = {}
+        frame = read_labels_table(tmp_path / name, None, ("na",), raw)
+        assert list(frame["id"]) == ["0", "1", "2", "3", "4"]
+        assert raw["id"] == ["0.0", "1.0", "2.0", "3.0", "4.0"] and "grade" in raw
+        with pytest.raises(DataError, match=r"rows 0 \('1\.0'\), 1 \('2\.0'\)"):
+            _clean(tmp_path, name, TaskConfig("grade", "grade", classes=("a", "b")))
+        result = _clean(tmp_path, name, TaskConfig("grade", "grade", classes=("1", "2")))
+        assert sorted(result.manifest["id"]) == ["0", "1", "3"]  # row 2: undeclared class
+        rejects = result.rejects.set_index("row")
+        assert rejects.loc[4, "id"] == "4.0" and rejects.loc[2, "id"] == "2.0", rejects
+        assert "grade='9.0'" in rejects.loc[2, "detail"], rejects
+        assert list(result.label_issues["value"]) == ["9.0"], result.label_issues
