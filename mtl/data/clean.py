@@ -37,7 +37,7 @@ import itertools
 import multiprocessing as mp
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -129,13 +129,16 @@ def _rows_text(rows: list[int], values: list[Any], limit: int = 5) -> str:
 
 
 def validate_schema(table: pd.DataFrame, dataset: DatasetConfig, cfg: CleanConfig,
-                    source: Path) -> None:
+                    source: Path,
+                    raw_cells: Mapping[str, list[str | None]] | None = None) -> None:
     """Check the labels table against the dataset contract; one ``DataError`` lists every problem.
 
     Problems: missing columns; a regression/binary task column or a declared numeric feature
     column where more than ``clean.max_bad_label_fraction`` of the non-empty values (and at
     least 2) do not parse, which means a wrong type or a wrong column; a classification task
     with declared classes where that many values are undeclared; an empty table.
+    ``raw_cells`` (from ``read_labels_table``) gives the cells as written of the columns the
+    whole-number rule rewrote: the message quotes those.
     """
     problems: list[str] = []
     wanted = {"dataset.id_column": dataset.id_column}
@@ -173,7 +176,9 @@ def validate_schema(table: pd.DataFrame, dataset: DatasetConfig, cfg: CleanConfi
             n_present += value is not None or issue is not None
             if issue is not None:
                 bad_rows.append(row)
-                bad_values.append(raw)
+                # Quote the cell as written, before the reader's whole-number rule.
+                bad_values.append(raw_cells[t.column][row] if t.column in (raw_cells or {})
+                                  else raw)
         if len(bad_rows) >= 2 and len(bad_rows) > cfg.max_bad_label_fraction * n_present:
             what = {TaskKind.REGRESSION: "numbers", TaskKind.BINARY: "binary values"}.get(
                 TaskKind(t.kind), f"declared classes {list(t.classes or ())}")
@@ -247,9 +252,18 @@ def clean(dataset: DatasetConfig, cfg: CleanConfig) -> CleanResult:
     if not root.is_dir():
         raise DataError(f"dataset.dir: expected a folder, found nothing at {root}")
     source = root / dataset.labels
+    # Cells as written of the columns the whole-number rule rewrote: quoted in messages,
+    # issues and rejects, so a user finds them in the table.
+    raw_cells: dict[str, list[str | None]] = {}
     table = read_labels_table(source, {t.column: t.separator for t in dataset.tasks
-                                       if TaskKind(t.kind) is TaskKind.MULTILABEL})
-    validate_schema(table, dataset, cfg, source)
+                                       if TaskKind(t.kind) is TaskKind.MULTILABEL},
+                              dataset.missing_values, raw_cells)
+    validate_schema(table, dataset, cfg, source, raw_cells)
+
+    def written(column: str, row: int, cell: Any) -> Any:
+        """``cell`` (row ``row`` of ``column``) as the table holds it."""
+        return raw_cells[column][row] if column in raw_cells else cell
+
     features = feature_sources(list(table.columns), dataset)
     normalisers = {t.name: LabelNormaliser.fit(t, table[t.column], dataset.missing_values)
                    for t in dataset.tasks}
@@ -301,13 +315,14 @@ def clean(dataset: DatasetConfig, cfg: CleanConfig) -> CleanResult:
         for t in dataset.tasks:
             value, issue = normalisers[t.name](rec.get(t.column))
             if issue is not None:
-                row_issues.append((t.name, rec.get(t.column), issue))
+                row_issues.append((t.name, written(t.column, row, rec.get(t.column)), issue))
             out[t.name] = value
             n_labels += value is not None
         labelled.append((out, row_issues))
         if n_labels == 0:
             pending[row] = ("no_labels", "no task has a usable label: " + ", ".join(
-                f"{t.column}={rec.get(t.column)!r}" for t in dataset.tasks))
+                f"{t.column}={written(t.column, row, rec.get(t.column))!r}"
+                for t in dataset.tasks))
             continue
         if dataset.group_column is not None:
             g = rec.get(dataset.group_column)
@@ -341,7 +356,8 @@ def clean(dataset: DatasetConfig, cfg: CleanConfig) -> CleanResult:
     near_df = _near_duplicate_table(manifest, cfg)
 
     rejects_df = pd.DataFrame(
-        [{"row": r, "id": table.iloc[r][dataset.id_column], "reason": reason, "detail": detail}
+        [{"row": r, "id": written(dataset.id_column, r, table.iloc[r][dataset.id_column]),
+          "reason": reason, "detail": detail}
          for r, (reason, detail) in sorted(col.rejects.items())],
         columns=["row", "id", "reason", "detail"],
     )

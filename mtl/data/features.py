@@ -59,10 +59,10 @@ from mtl.config import SelectConfig
 from mtl.schema import TaskKind
 
 __all__ = [
-    "FEATURE_COLUMN_PREFIX", "FEATURE_PREFIX", "TOKEN_PATTERN", "FeatureSelection", "TaskTarget",
-    "adjusted_mutual_info", "apply_feature_encoders", "column_key", "detect_kind", "leak_score",
-    "numeric_leak_score", "one_to_one", "relevance", "select_features", "text_leak_score",
-    "tokenize",
+    "FEATURE_COLUMN_PREFIX", "FEATURE_PREFIX", "ONE_TO_ONE_MAX_CHANCE", "TOKEN_PATTERN",
+    "FeatureSelection", "TaskTarget", "adjusted_mutual_info", "apply_feature_encoders",
+    "bijection_chance", "column_key", "detect_kind", "leak_score", "numeric_leak_score",
+    "one_to_one", "relevance", "select_features", "text_leak_score", "tokenize",
 ]
 
 FEATURE_COLUMN_PREFIX = "f__"
@@ -323,7 +323,12 @@ def numeric_leak_score(x: np.ndarray, task: TaskTarget, seed: int) -> float:
     return max(scores)
 
 
-def one_to_one(codes: np.ndarray, task: TaskTarget, max_unique_ratio: float) -> bool:
+#: ``one_to_one`` calls a bijection a leak only when chance alone would give one this rarely.
+ONE_TO_ONE_MAX_CHANCE = 0.01
+
+
+def one_to_one(codes: np.ndarray, task: TaskTarget, max_unique_ratio: float,
+               max_chance: float = ONE_TO_ONE_MAX_CHANCE) -> bool:
     """Whether the feature's own values (``codes``: ``[N]`` ints, -1 = missing) are a one-to-one
     relabelling of ``task`` (or of a part of it: a multilabel task's label sets or one label)
     on the rows where both are present.
@@ -334,6 +339,9 @@ def one_to_one(codes: np.ndarray, task: TaskTarget, max_unique_ratio: float) -> 
     A bijection counts only where values repeat, i.e. the share of distinct values is below
     ``select.max_unique_ratio``: a mostly unique column is trivially one-to-one with anything
     as unique, which is what ``identifier_like`` stands for, not evidence of a leak.
+    And only where the bijection is unlikely by chance (``bijection_chance`` below
+    ``max_chance``): a task labelled on 3 train rows is matched by any feature with two values
+    split 2/1 one time in three, which is a coincidence, not a code of the task.
     """
     for part in task.parts():
         ok = (part.exact >= 0) & (codes >= 0)
@@ -348,9 +356,27 @@ def one_to_one(codes: np.ndarray, task: TaskTarget, max_unique_ratio: float) -> 
             continue
         # Distinct (value, class) pairs; np.unique, not bincount: values x classes can be
         # huge for a regression target.
-        if len(np.unique(x * (int(y.max()) + 1) + y)) == n_x:
+        if len(np.unique(x * (int(y.max()) + 1) + y)) == n_x and \
+                bijection_chance(np.bincount(y)) < max_chance:
             return True
     return False
+
+
+def bijection_chance(class_counts: np.ndarray) -> float:
+    """Probability that a random relabelling of the rows (a uniform shuffle of the labels,
+    ``class_counts``: ``[classes]`` row counts, zeros ignored) is one-to-one with a feature
+    that *is* one-to-one with the real labels (so its value groups have the same sizes).
+
+    Of the ``N! / prod(m_j!)`` arrangements of the labels over the rows, those that give a
+    bijection assign each value group a whole class of its size: ``prod_s c_s!`` of them,
+    ``c_s`` the number of classes of size ``s``. With two classes on 3 rows (sizes 2 and 1)
+    the chance is 1/3; with 4 classes of 2 rows, 0.0095; with 30 classes of 2 rows, 1e-50.
+    """
+    m = class_counts[class_counts > 0].astype(np.int64)
+    sizes = np.bincount(m)  # sizes[s] = number of classes with s rows
+    log_p = (sum(math.lgamma(int(c) + 1) for c in sizes)
+             + sum(math.lgamma(int(k) + 1) for k in m) - math.lgamma(int(m.sum()) + 1))
+    return math.exp(log_p)
 
 
 def column_key(x: np.ndarray) -> bytes:

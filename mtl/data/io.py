@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import decimal
 import json
 import math
 import re
 import warnings
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["DataError", "duplicate_names", "read_json", "read_labels_table", "whole_numbers",
-           "write_json"]
+__all__ = ["DEFAULT_MISSING_VALUES", "DataError", "duplicate_names", "read_json",
+           "read_labels_table", "whole_numbers", "write_json"]
+
+#: ``dataset.missing_values``' default: cells that mean "no value" (case-insensitive).
+DEFAULT_MISSING_VALUES: tuple[str, ...] = ("na", "n/a", "nan", "null")
 
 
 class DataError(ValueError):
@@ -26,7 +30,9 @@ class DataError(ValueError):
 
 
 def read_labels_table(path: Path,
-                      list_separators: Mapping[str, str] | None = None) -> pd.DataFrame:
+                      list_separators: Mapping[str, str] | None = None,
+                      missing_values: Iterable[str] = DEFAULT_MISSING_VALUES,
+                      raw_cells: dict[str, list[str | None]] | None = None) -> pd.DataFrame:
     """Read a CSV, TSV or Parquet labels table with every cell as ``str`` (``None`` when missing).
 
     Reading as strings keeps the raw values exactly as the user wrote them: parsing and
@@ -37,21 +43,31 @@ def read_labels_table(path: Path,
     * an integer Parquet column (nullable or not) reads as ``"3"``, as a CSV would have it;
     * a float column is written with the shortest text that gives back the stored value at
       its width (a float32 ``0.1`` reads as ``"0.1"``, not ``"0.10000000149011612"``);
-    * whole numbers: a column whose every present cell is an integer or a whole number written
-      as ``N.0`` (at least one of them) is an integer column that a writer stored as float
-      (pandas does so for integers with gaps): its ``N.0`` cells read as ``N``. The rule works
-      on the text, so a CSV's ``"3.0"`` and a float Parquet ``3.0`` both read as ``"3"``;
+    * whole numbers: a column whose every present cell (stripped; empty cells and
+      ``missing_values`` tokens such as pandas' ``na_rep="NA"`` skipped) is an integer or a
+      whole number written as ``N.0`` (at least one of them) is an integer column that a writer
+      stored as float (pandas does so for integers with gaps): its ``N.0`` cells read as ``N``
+      unless that would merge two distinct values (``whole_numbers``). The rule works on the
+      text, so a CSV's ``"3.0"``, ``" 3.0 "`` and a float Parquet ``3.0`` all read as ``"3"``;
+    * timestamps, times and durations read as pandas' CSV writer writes them (``2020-01-01``
+      when every value is at midnight, ``1 days``); decimals as their normalised fixed-point
+      text (``2.00`` -> ``"2"``, as the stored scale is not what the user wrote);
     * a Parquet list column (``list<string>``) reads as its items joined by the separator
       ``list_separators`` gives for the column (a multilabel task's ``separator``), as a CSV
       would hold it (``"red|blue"``); a list column with no separator, a nested list, or an item
       that contains the separator is a ``DataError`` naming the column.
+
+    ``raw_cells``, when given, receives the cells as written (before the whole-number rule) of
+    every column the rule rewrote, so that messages and rejects can quote the user's text.
     """
     if not path.is_file():
         raise DataError(f"labels table not found: expected a CSV or Parquet file at {path}")
     suffix = path.suffix.lower()
+    tokens = tuple(missing_values)
     try:
         if suffix == ".parquet":
-            frame = _read_parquet_as_text(path, dict(list_separators or {}))
+            frame = _read_parquet_as_text(path, dict(list_separators or {}), tokens,
+                                          raw_cells)
         elif suffix in (".csv", ".tsv", ".txt"):
             sep = "\t" if suffix == ".tsv" else ","
             _check_csv_shape(path, sep)
@@ -66,9 +82,11 @@ def read_labels_table(path: Path,
             cells = frame.to_numpy(dtype=object, na_value=None)  # [rows, columns]
             for j in range(cells.shape[1]):
                 column = list(cells[:, j])
-                fixed = whole_numbers(column)  # the same list when the rule does not apply
+                fixed = whole_numbers(column, tokens)  # the same list when the rule does not apply
                 if fixed is not column:
                     cells[:, j] = fixed
+                    if raw_cells is not None:
+                        raw_cells[str(frame.columns[j]).strip()] = column
             frame = pd.DataFrame(cells, columns=frame.columns, dtype=object)
         else:
             raise DataError(f"{path}: unsupported labels table format {suffix!r} "
@@ -113,25 +131,56 @@ def _cell_text(value: Any) -> str | None:
 _WHOLE = re.compile(r"[+-]?\d+(\.0+)?")
 
 
-def whole_numbers(cells: list[str | None]) -> list[str | None]:
+def _whole_text(text: str) -> str:
+    """``"-12.00"`` -> ``"-12"``, ``"-0.0"`` -> ``"0"``, ``"+3.0"`` -> ``"3"`` (``text`` matches
+    ``N.0``): the integer a float writer meant, as ``str(int)`` writes it."""
+    return str(int(text.split(".", 1)[0]))
+
+
+def whole_numbers(cells: list[str | None],
+                  missing_values: Iterable[str] = DEFAULT_MISSING_VALUES) -> list[str | None]:
     """The whole-number rule of every reader, on one column of text cells (``None`` = missing).
 
-    When every present cell is an integer (``3``) or a whole number written as ``N.0``
-    (``3.0``, ``-12.00``), and at least one is written as ``N.0``, the column is an integer
-    column stored as float: its ``N.0`` cells become ``N``. Any other column is unchanged.
+    Cells are judged stripped of surrounding whitespace; empty cells and the dataset's
+    missing-value tokens (``missing_values``, case-insensitive, such as pandas'
+    ``na_rep="NA"``) are skipped. When every other cell is an integer (``3``) or a whole
+    number written as ``N.0`` (``3.0``, ``-12.00``), at least one is written as ``N.0``, and
+    the rewrite merges no two distinct present values (a column holding ``"7"`` and ``"7.0"``,
+    or ``"3.0"`` and ``"3.00"``, stays as written; ``"0.0"`` and ``"-0.0"`` are one float
+    value and both read ``"0"``), the column is an integer column stored as
+    float: its ``N.0`` cells become ``N`` (``-0.0`` becomes ``0``) and its integer cells are
+    stripped. Any other column is returned unchanged (the same list object).
     A first non-matching cell settles it, so a text column costs one look-up.
     """
+    skip = {m.strip().casefold() for m in missing_values}
     fraction = False
+    rewrite: dict[str, str] = {}  # distinct raw cell -> its new text
     for cell in cells:
-        if cell is None:
+        if cell is None or cell in rewrite:
             continue
-        m = _WHOLE.fullmatch(cell)
+        text = cell.strip()
+        if not text or text.casefold() in skip:
+            continue
+        m = _WHOLE.fullmatch(text)
         if m is None:
             return cells
-        fraction = fraction or m.group(1) is not None
+        if m.group(1) is not None:
+            fraction = True
+            rewrite[cell] = _whole_text(text)
+        else:
+            rewrite[cell] = text
     if not fraction:
         return cells
-    return [None if c is None else c.split(".", 1)[0] for c in cells]
+    # Two distinct present values ("7" and "7.0", or "3.0" and "3.00") that would read the
+    # same: the column is not a float copy of integers (a float writer is consistent), keep it.
+    # A float writer does write both ``0.0`` and ``-0.0`` (equal values): one value.
+    owner: dict[str, str] = {}
+    for cell, new in rewrite.items():
+        text = cell.strip()
+        same = text.lstrip("+-") if new == "0" and "." in text else text
+        if owner.setdefault(new, same) != same:
+            return cells
+    return [rewrite.get(c, c) if c is not None else None for c in cells]
 
 
 def _list_text(value: list[Any], column: str, separator: str | None) -> str | None:
@@ -169,14 +218,49 @@ def _column_text(column: pa.ChunkedArray, name: str,
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or \
             pa.types.is_fixed_size_list(kind):
         return [None if v is None else _list_text(v, name, separator) for v in values]
+    if pa.types.is_timestamp(kind) or pa.types.is_duration(kind) or \
+            pa.types.is_time(kind):
+        return _pandas_csv_text(column, name)
+    if pa.types.is_decimal(kind):
+        # A decimal column has one scale, so a stored ``2`` comes back as ``2.00``: the
+        # normalised text (no trailing zeros, never an exponent) is what the value means.
+        return [None if v is None else _decimal_text(v) for v in values]
     if pa.types.is_float32(kind) or pa.types.is_float16(kind):
         width = np.float32 if pa.types.is_float32(kind) else np.float16
-        return whole_numbers([None if v is None or math.isnan(v) else str(width(v))
-                              for v in values])
-    return whole_numbers([_cell_text(v) for v in values])
+        return [None if v is None or math.isnan(v) else str(width(v)) for v in values]
+    return [_cell_text(v) for v in values]
 
 
-def _read_parquet_as_text(path: Path, list_separators: dict[str, str]) -> pd.DataFrame:
+def _decimal_text(value: decimal.Decimal) -> str:
+    """``Decimal("2.00")`` -> ``"2"``, ``Decimal("3.50")`` -> ``"3.5"`` (fixed-point text)."""
+    if not value.is_finite():
+        return str(value)
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "0") else text
+
+
+def _pandas_csv_text(column: pa.ChunkedArray, name: str) -> list[str | None]:
+    """A timestamp, time or duration column as pandas' CSV writer writes it: date-only when
+    every value is at midnight (``2020-01-01``), else ``2020-01-01 12:30:00`` (``+00:00`` with
+    a time zone); durations as ``1 days`` / ``1 days 02:00:00``. pandas formats the whole
+    column, so the column is written through ``Series.to_csv`` itself rather than imitated.
+    """
+    try:
+        series = column.to_pandas()
+    except (pa.ArrowException, OverflowError, ValueError) as exc:
+        raise DataError(f"column {name!r} ({column.type}): cannot be read as pandas "
+                        f"would write it to a CSV: {exc}") from exc
+    # ``\n`` inside a value is impossible for these types, so one line is one cell.
+    lines = series.to_csv(index=False, header=False, lineterminator="\n").split("\n")[:-1]
+    if len(lines) != len(series):
+        raise DataError(f"column {name!r} ({column.type}): expected {len(series)} cells, "
+                        f"found {len(lines)} lines")
+    return [text.strip('"') or None for text in lines]
+
+
+def _read_parquet_as_text(path: Path, list_separators: dict[str, str],
+                          tokens: tuple[str, ...],
+                          raw_cells: dict[str, list[str | None]] | None) -> pd.DataFrame:
     """Every column of a Parquet file as object columns of ``str``/``None``.
 
     Read through Arrow rather than ``pandas.read_parquet``: pandas turns integer columns with
@@ -187,10 +271,16 @@ def _read_parquet_as_text(path: Path, list_separators: dict[str, str]) -> pd.Dat
     # pandas stores an unnamed, non-default index as ``__index_level_0__``: not a user column
     # (a named index, such as ``id``, is one and is kept).
     index_cols = {c for c in table.column_names if re.fullmatch(r"__index_level_\d+__", c)}
+    data: dict[str, pd.Series] = {}
     try:
-        data = {name: pd.Series(_column_text(table.column(i), name, list_separators.get(name)),
-                                dtype=object)
-                for i, name in enumerate(table.column_names) if name not in index_cols}
+        for i, name in enumerate(table.column_names):
+            if name in index_cols:
+                continue
+            text = _column_text(table.column(i), name, list_separators.get(name))
+            fixed = whole_numbers(text, tokens)
+            if fixed is not text and raw_cells is not None:
+                raw_cells[name.strip()] = text
+            data[name] = pd.Series(fixed, dtype=object)
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from exc
     return pd.DataFrame(data, columns=[c for c in table.column_names if c not in index_cols],

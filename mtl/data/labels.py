@@ -4,9 +4,13 @@ Order of operations for one raw cell (each step that changes a value is counted 
 
 1. strip and collapse internal runs of whitespace (``"Navy  Blue "`` -> ``"Navy Blue"``);
 2. empty or one of ``dataset.missing_values`` (case-insensitive) -> missing, no issue;
-3. ``synonyms`` (keys compared case-insensitively when ``casefold`` is on);
+3. ``synonyms`` (keys compared case-insensitively when ``casefold`` is on, and a whole number
+   written ``N.0`` equal to ``N``: the reader rewrites a float-stored integer column's
+   ``"1.0"`` to ``"1"``, so a key or class written ``"1.0"`` must still match);
 4. ``casefold``: every spelling of a label maps to one canonical spelling: the declared class
    when ``classes`` is set, else the most frequent spelling in the column (ties: sorted first);
+   then a value that is a declared class written differently as a whole number (``"1"`` for
+   the class ``"1.0"``, or ``"1.0"`` for ``"1"``) becomes that declared class;
 5. kind-specific parsing: regression -> finite float (``not_a_number``, ``not_finite``);
    binary -> ``"0"``/``"1"`` (``not_binary``; with two declared classes the index of the
    class the value means: a built-in spelling such as ``TRUE`` maps only to the one declared
@@ -23,6 +27,7 @@ Every change of steps 1-4 is counted per label (so per tag of a multilabel cell)
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -43,6 +48,15 @@ def _truth(value: str) -> bool | None:
     return True if low in _TRUE else False if low in _FALSE else None
 
 
+_WHOLE = re.compile(r"[+-]?\d+\.0+")
+
+
+def _whole_key(value: str) -> str:
+    """``"1.0"`` -> ``"1"`` (``"-0.0"`` -> ``"0"``): the reader's whole-number text; any other
+    value unchanged. Used to compare declared classes and synonym keys with cells."""
+    return str(int(value.split(".", 1)[0])) if _WHOLE.fullmatch(value) else value
+
+
 def collapse_whitespace(value: str) -> str:
     """Strip and replace every internal run of whitespace by one space."""
     return " ".join(value.split())
@@ -56,6 +70,8 @@ class LabelNormaliser:
     missing_values: frozenset[str]
     canonical: dict[str, str] = field(default_factory=dict)
     synonyms: dict[str, str] = field(default_factory=dict)
+    #: whole-number text of a declared class -> the class as declared (``"1"`` -> ``"1.0"``)
+    class_of_whole: dict[str, str] = field(default_factory=dict)
     changes: Counter[str] = field(default_factory=Counter)
 
     @classmethod
@@ -65,7 +81,9 @@ class LabelNormaliser:
         norm = cls(task, frozenset(m.strip().casefold() for m in missing_values))
         for k, v in task.synonyms.items():
             key = collapse_whitespace(k)
+            key = _whole_key(key)
             norm.synonyms[key.casefold() if task.casefold else key] = collapse_whitespace(v)
+        norm.class_of_whole = {_whole_key(c): c for c in task.classes or ()}
         if task.casefold:
             spellings: Counter[str] = Counter()
             for raw in values:
@@ -90,7 +108,8 @@ class LabelNormaliser:
         v = collapse_whitespace(raw)
         if not v or v.casefold() in self.missing_values:
             return None
-        key = v.casefold() if self.task.casefold else v
+        key = _whole_key(v)
+        key = key.casefold() if self.task.casefold else key
         return self.synonyms.get(key, v)
 
     def _tags(self, raw: str | None) -> list[str]:
@@ -113,6 +132,8 @@ class LabelNormaliser:
             if c != v:
                 self.changes["case"] += 1
             v = c
+        if self.task.classes is not None and v not in self.task.classes:
+            v = self.class_of_whole.get(_whole_key(v), v)
         return v
 
     def _multilabel(self, raw: str) -> tuple[Any, str | None]:
