@@ -243,6 +243,30 @@ def test_cagrad_two_task_dual_matches_a_numerical_solution(rows: list[list[float
     torch.testing.assert_close(w, _cagrad_two_task_reference(g, c), atol=1e-7, rtol=1e-7)
 
 
+@pytest.mark.parametrize("seed", [4, 5, 6])  # optimum on an edge, inside, on another edge
+def test_cagrad_three_task_dual_satisfies_its_optimality_conditions(seed: int) -> None:
+    """Liu et al. 2021, Eq. 7: ``w* = argmin_{w in simplex} F(w)``, ``F(w) = w . G g0 +
+    c ||g0|| ||w^T G||``. Its KKT conditions on the simplex: ``dF/dw_t = mu`` where
+    ``w_t > 0`` and ``>= mu`` where ``w_t = 0``. ``w`` is recovered from the effective weights
+    ``(1/K + lam w) / (1 + c^2)`` (its entries sum to 1), so this checks the solver to 1e-5
+    whatever the inputs, and catches a solver that leaves the simplex or stops early."""
+    c, k = 0.5, 3
+    g = torch.randn(k, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    _, out = _agg("cagrad", g, c=c)
+    v = out.numpy() * (1 + c * c) - 1.0 / k
+    w = v / v.sum()
+    assert (w >= -1e-9).all(), w
+    gn = g.numpy()
+    a = gn @ gn.T
+    phi = c * float(np.linalg.norm(gn.mean(0)))
+    grad = a.mean(1) + phi * (a @ w) / np.sqrt(w @ a @ w)  # dF/dw
+    on = w > 1e-6
+    mu = grad[on].mean()
+    assert np.abs(grad[on] - mu).max() < 1e-5 * abs(mu), (w, grad)
+    assert (grad[~on] >= mu - 1e-5 * abs(mu)).all(), (w, grad)
+    assert on.sum() == (3 if seed == 5 else 2)
+
+
 def test_upgrad_without_conflict_is_the_mean() -> None:
     g = torch.tensor([[1.0, 0.2, 0.0], [0.5, 1.0, 0.3], [0.1, 0.0, 1.0]], dtype=torch.float64)
     assert ((g @ g.T) >= 0).all()
