@@ -236,7 +236,9 @@ def test_nash_mtl_pareto_stationary_step_is_refused_with_a_warning() -> None:
     """Exactly opposite gradients have no Nash solution: the step is refused (no update), with a
     warning that names the step; never a silent non-solution."""
     grads = torch.tensor([[1.0, 2.0], [-1.0, -2.0]], dtype=torch.float64)
-    with pytest.warns(RuntimeWarning, match=r"nash_mtl step 0: .*refused"):
+    with pytest.warns(RuntimeWarning, match=(
+            r"^nash_mtl step 0: no Nash bargaining solution \(.*\) and the previous weights "
+            r"would increase a task's loss; step refused \(no update of the shared parameters\)$")):
         d, w = _nash(grads)
     assert torch.equal(d, torch.zeros(2, dtype=torch.float64))
     assert torch.equal(w, torch.zeros(2, dtype=torch.float64))
@@ -252,9 +254,16 @@ def test_nash_mtl_reuses_previous_weights_only_when_they_still_descend() -> None
     torch.testing.assert_close(w0, torch.tensor([1.0, 0.5], dtype=torch.float64))  # 1 / ||g_t||
     m.optim_niter = 1  # type: ignore[attr-defined]
     g1 = torch.tensor([[1.0, 0.1], [-0.5, 1.0]], dtype=torch.float64)
-    with pytest.warns(RuntimeWarning, match=r"nash_mtl step 1: .*reusing"):
+    with pytest.warns(RuntimeWarning, match=(
+            r"^nash_mtl step 1: no Nash bargaining solution \(.*\); reusing the previous "
+            r"weights, which still decrease every present task's loss$")):
         _, w1 = m.aggregate(g1, ones, ALL2)
     torch.testing.assert_close(w1, w0)
+
+
+def test_nash_mtl_rejects_update_weights_every_below_one() -> None:
+    with pytest.raises(ValueError, match=r"^nash_mtl update_weights_every must be >= 1$"):
+        create_weighting("nash_mtl", 2, update_weights_every=0)
 
 
 # ------------------------------------------------------------------- 5. GradNorm's step size

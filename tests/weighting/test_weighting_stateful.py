@@ -260,3 +260,8 @@ def test_defaults_are_the_papers() -> None:
     }
     for name, defaults in expected.items():
         assert hyperparameters(get_weighting_class(name)) == defaults, name
+        # and the defaults are the ones in use (not only in the signature)
+        m = create_weighting(name, 2)
+        for key, value in defaults.items():
+            if hasattr(m, key) and value is not None:  # None: resolved at build (forms, eps_rank)
+                assert getattr(m, key) == value, (name, key)
