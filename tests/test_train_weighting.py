@@ -64,6 +64,57 @@ def test_step_end_once_per_optimiser_step_on_accumulated_losses(accum: int,
         torch.testing.assert_close(mean[present], expected[present], rtol=1e-6, atol=1e-7)
 
 
+def _without_batch_norm(module: torch.nn.Module) -> None:
+    """Replace every BatchNorm by the identity: batch statistics depend on the batch size by
+    design, so with them 4 micro-batches of 8 cannot compute what one batch of 32 does."""
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, torch.nn.Identity())
+        else:
+            _without_batch_norm(child)
+
+
+def _state_after(weighting: str, batch_size: int, accum: int, lr: float, epochs: int,
+                 tmp_path: Path) -> dict[str, Tensor]:
+    """The method's state after ``epochs`` epochs of the real trainer loop on 96 fully
+    labelled samples (3 optimiser steps per epoch in both settings)."""
+    cfg = tiny_cfg(tmp_path, weighting=weighting, batch_size=batch_size, grad_accum=accum,
+                   lr=lr, optimizer="sgd", log_conflict_every=0, scheduler="none")
+    data = make_split(96, 0)
+    loop = _build_loop(TASKS, cfg, 1, 0, torch.device("cpu"), 3, Distributed())
+    _without_batch_norm(loop.model)
+    for _ in range(epochs):
+        train_one_epoch(loop, data)
+    assert loop.step == 3 * epochs
+    return {k: v.clone() for k, v in loop.weighting.state_dict().items()}
+
+
+@pytest.mark.parametrize(("weighting", "lr"), [("dwa", 0.01), ("famo", 1e-9)])
+def test_grad_accum_4_gives_the_state_of_one_batch_4x_the_size(
+        weighting: str, lr: float, tmp_path: Path) -> None:
+    """``grad_accum=4`` with batches of 8 against one batch of 32 (same seed, so the same
+    samples per optimiser step, no missing labels): the method ends in the same state.
+
+    DWA's weights are fixed within an epoch, so the accumulated gradient is the big batch's and
+    the two runs train the same model (SGD: a gradient accumulated at the wrong scale shows)
+    for 3 epochs (history of epoch means, weights moved).
+    FAMO's weights depend on each micro-batch's losses, so the two runs' models would part
+    after the first step: the model is held (lr 1e-9) and FAMO's own state is compared after
+    2 epochs (6 optimiser steps) with its logits moved by the batches' loss changes. Calling
+    ``step_end`` per micro-batch (12 calls per epoch, the defect of issue 8), or on the last
+    micro-batch's losses only, gives different logits, Adam moments and reference losses."""
+    epochs = 3 if weighting == "dwa" else 2
+    small = _state_after(weighting, 8, 4, lr, epochs, tmp_path / "small")
+    big = _state_after(weighting, 32, 1, lr, epochs, tmp_path / "big")
+    assert small.keys() == big.keys()
+    for k in small:
+        torch.testing.assert_close(small[k], big[k], rtol=1e-4, atol=1e-6, equal_nan=True,
+                                   msg=f"{weighting}: {k}")
+    # the state moved away from uniform weights: FAMO's logits, DWA's loss ratios per task
+    spread = big["logits"] if weighting == "famo" else big["history"][0] / big["history"][1]
+    assert bool(torch.isfinite(spread).all()) and float(spread.max() - spread.min()) > 1e-3, spread
+
+
 # ------------------------------------------------------------------------------------- DDP
 def _free_port() -> int:
     with socket.socket() as s:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
@@ -198,6 +199,72 @@ def test_cagrad_improves_the_worst_task() -> None:
     d, _ = _agg("cagrad", g, c=0.9)
     mean = g.mean(0)
     assert (g @ d).min() > (g @ mean).min()
+
+
+def _cagrad_two_task_reference(g: Tensor, c: float) -> Tensor:
+    """CAGrad's effective weights (Liu et al. 2021, Alg. 1, ``rescale=1``) for two tasks: the
+    dual ``min_{w = (x, 1-x)} w . G g0 + c ||g0|| ||w^T G||`` minimised over x in [0, 1] by
+    scipy's bounded scalar search on the raw gradients (not the method's closed form), then
+    ``d = g0 + c ||g0|| / ||g_w|| g_w`` divided by ``1 + c^2``, as weights of the rows."""
+    from scipy.optimize import minimize_scalar
+
+    gn = g.numpy()
+    g0 = gn.mean(0)
+    phi = c * float(np.linalg.norm(g0))
+
+    def dual(x: float) -> float:
+        w = np.array([x, 1.0 - x])
+        return float(w @ gn @ g0 + phi * np.linalg.norm(w @ gn))
+
+    x = minimize_scalar(dual, bounds=(0.0, 1.0), method="bounded",
+                        options={"xatol": 1e-12}).x
+    w = np.array([x, 1.0 - x])
+    lam = phi / float(np.linalg.norm(w @ gn))
+    return torch.tensor((0.5 + lam * w) / (1.0 + c * c), dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("rows", "c"),
+    [
+        ([[1.0, 0.0], [-0.5, 1.5]], 0.9),  # conflict, unequal norms: interior, x = 0.858
+        ([[1.5, 0.2], [-0.3, 1.0]], 0.7),  # conflict: interior, x = 0.105
+        ([[1.0, 0.0], [0.0, 1.2]], 0.4),  # orthogonal: interior, x = 0.839
+        ([[2.0, 0.0], [-0.5, 1.0]], 0.4),  # the dual's minimum at the end point x = 0
+        ([[1.0, 0.0], [0.0, 2.0]], 0.9),  # at x = 1, the unconstrained optimum at x = 1.158
+    ],
+)
+def test_cagrad_two_task_dual_matches_a_numerical_solution(rows: list[list[float]],
+                                                           c: float) -> None:
+    """The two-task closed form (roots of a quadratic) against a bounded numerical minimiser
+    of the paper's dual; unequal gradient norms, so every coefficient of the quadratic
+    matters (with equal norms ``s = 0`` and ``phi`` cancels out)."""
+    g = torch.tensor(rows, dtype=torch.float64)
+    _, w = _agg("cagrad", g, c=c)
+    torch.testing.assert_close(w, _cagrad_two_task_reference(g, c), atol=1e-7, rtol=1e-7)
+
+
+@pytest.mark.parametrize("seed", [4, 5, 6])  # optimum on an edge, inside, on another edge
+def test_cagrad_three_task_dual_satisfies_its_optimality_conditions(seed: int) -> None:
+    """Liu et al. 2021, Eq. 7: ``w* = argmin_{w in simplex} F(w)``, ``F(w) = w . G g0 +
+    c ||g0|| ||w^T G||``. Its KKT conditions on the simplex: ``dF/dw_t = mu`` where
+    ``w_t > 0`` and ``>= mu`` where ``w_t = 0``. ``w`` is recovered from the effective weights
+    ``(1/K + lam w) / (1 + c^2)`` (its entries sum to 1), so this checks the solver to 1e-5
+    whatever the inputs, and catches a solver that leaves the simplex or stops early."""
+    c, k = 0.5, 3
+    g = torch.randn(k, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    _, out = _agg("cagrad", g, c=c)
+    v = out.numpy() * (1 + c * c) - 1.0 / k
+    w = v / v.sum()
+    assert (w >= -1e-9).all(), w
+    gn = g.numpy()
+    a = gn @ gn.T
+    phi = c * float(np.linalg.norm(gn.mean(0)))
+    grad = a.mean(1) + phi * (a @ w) / np.sqrt(w @ a @ w)  # dF/dw
+    on = w > 1e-6
+    mu = grad[on].mean()
+    assert np.abs(grad[on] - mu).max() < 1e-5 * abs(mu), (w, grad)
+    assert (grad[~on] >= mu - 1e-5 * abs(mu)).all(), (w, grad)
+    assert on.sum() == (3 if seed == 5 else 2)
 
 
 def test_upgrad_without_conflict_is_the_mean() -> None:

@@ -43,6 +43,36 @@ def test_famo_matches_the_reference_adam_update_over_steps() -> None:
     torch.testing.assert_close(m.weights(cur, _mask(1, 1)), z / ((z / cur).sum() * cur))
 
 
+def test_famo_sparse_decrease_spread_over_its_steps_matches_the_reference_adam() -> None:
+    """Task 0 labelled in every step, task 1 at steps 0, 3 and 4 only. FAMO's update (softmax
+    Jacobian^T delta, ``torch.optim.Adam(lr, weight_decay=gamma)``) with task 1's ``delta``
+    its log-loss decrease spread evenly over the steps it took, fed while task 1 is absent:
+    step 3 feeds a third of the 3-step decrease ``D``; at step 4 the queue holds the remaining
+    ``2D/3`` over 2 steps plus the 1-step decrease ``D'``, fed as ``(2D/3 + D') / 3`` at steps
+    4, 5 and 6; step 7 has no rate for task 1 (and one task alone: no update). Steps 1-2 have
+    task 0 only: no update either. The rates are written out here, not computed by the
+    method."""
+    l0 = [1.0, 0.8, 0.7, 0.6, 0.55, 0.5, 0.45, 0.4]
+    l1 = {0: 2.0, 3: 1.0, 4: 0.9}
+    d, d1 = math.log(2.0 / 1.0), math.log(1.0 / 0.9)
+    q = (2 * d / 3 + d1) / 3
+    rate1 = {3: d / 3, 4: q, 5: q, 6: q}
+    m = create_weighting("famo", 2, lr=0.05, gamma=0.01)
+    logits = torch.zeros(2, dtype=F64, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.05, weight_decay=0.01)
+    for s, a in enumerate(l0):
+        m.step_end(torch.tensor([a, l1.get(s, 9.0)], dtype=F64), _mask(1, s in l1))
+        if s in rate1:
+            delta = torch.tensor([math.log(l0[s - 1] / a), rate1[s]], dtype=F64)
+            z = torch.softmax(logits.detach(), 0)
+            logits.grad = z * (delta - (z * delta).sum())
+            opt.step()
+        torch.testing.assert_close(m.logits, logits.detach(), msg=f"step {s}")  # type: ignore[attr-defined]
+    # the whole measured decrease of task 1 (log 2/0.9 = sum of rate1) was fed, once: empty queue
+    assert float(m.pending_steps[1]) == 0.0  # type: ignore[index]
+    assert abs(float(m.pending[1])) < 1e-12  # type: ignore[index]
+
+
 def test_famo_absent_task_state_frozen_then_per_step_rate() -> None:
     """Task 2 absent for steps 1-3 (of 0-4): its logit, moments and reference stay frozen; on
     its return its log-loss decrease since step 0 counts per step (divided by 4)."""
@@ -230,3 +260,8 @@ def test_defaults_are_the_papers() -> None:
     }
     for name, defaults in expected.items():
         assert hyperparameters(get_weighting_class(name)) == defaults, name
+        # and the defaults are the ones in use (not only in the signature)
+        m = create_weighting(name, 2)
+        for key, value in defaults.items():
+            if hasattr(m, key) and value is not None:  # None: resolved at build (forms, eps_rank)
+                assert getattr(m, key) == value, (name, key)
