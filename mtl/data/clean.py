@@ -163,6 +163,7 @@ def validate_schema(table: pd.DataFrame, dataset: DatasetConfig, cfg: CleanConfi
     if len(table) == 0:
         problems.append("the table has a header but no data rows")
     missing_tokens = {m.strip().casefold() for m in dataset.missing_values}
+    written = raw_cells or {}
     for t in dataset.tasks:
         if t.column not in table.columns or (
                 TaskKind(t.kind) is TaskKind.MULTICLASS and t.classes is None):
@@ -177,8 +178,7 @@ def validate_schema(table: pd.DataFrame, dataset: DatasetConfig, cfg: CleanConfi
             if issue is not None:
                 bad_rows.append(row)
                 # Quote the cell as written, before the reader's whole-number rule.
-                bad_values.append(raw_cells[t.column][row] if t.column in (raw_cells or {})
-                                  else raw)
+                bad_values.append(written[t.column][row] if t.column in written else raw)
         if len(bad_rows) >= 2 and len(bad_rows) > cfg.max_bad_label_fraction * n_present:
             what = {TaskKind.REGRESSION: "numbers", TaskKind.BINARY: "binary values"}.get(
                 TaskKind(t.kind), f"declared classes {list(t.classes or ())}")
