@@ -30,6 +30,16 @@ PREFECT_STARTUP_TIMEOUT_S = "600"
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", PREFECT_STARTUP_TIMEOUT_S)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow (end-to-end) tests first, in their collected order, then the rest.
+
+    `make test` spreads test files over one worker per core; the longest files starting first
+    keeps a worker from picking up a several-minute file when the others are nearly done. In one
+    process the order changes nothing but when the slow tests report.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable sort
+
+
 def write_png(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
