@@ -5,8 +5,11 @@ split, and ``fit`` wires them: it keeps the state of the epoch with the best val
 (the test split is never seen here), stops early per params, writes a full-state checkpoint
 after every epoch (so a killed run resumes and ends bitwise identical on CPU) and reports each
 epoch through a callback. Under ``torchrun`` (``train.nproc > 1``) it trains with DDP and only
-rank 0 writes anything. ``train_stage`` is the stage's one entry point (``mtl train``): it
-reads the splits, sets up the process group and hands the checkpoint to its caller.
+rank 0 writes anything: loss-level methods through the ``DistributedDataParallel`` wrapper,
+gradient-level ones by all-reducing the per-task gradients (``ProcessGroupTaskGradients``) so
+that every process applies the single-process update of the global batch. ``train_stage`` is
+the stage's one entry point (``mtl train``): it reads the splits, sets up the process group
+and hands the checkpoint to its caller.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ __all__ = [
     "FitResult",
     "Logger",
     "NonFiniteLossError",
+    "ProcessGroupTaskGradients",
     "SplitData",
     "TrainLoop",
     "TrainStageResult",
@@ -187,24 +191,109 @@ def _forward(loop: TrainLoop, x: Tensor, f: Tensor | None) -> tuple[Tensor, dict
     if loop.ddp is not None:
         out: tuple[Tensor, dict[str, Tensor]] = loop.ddp(x, f)
         return out
+    if loop.dist.world_size > 1:  # gradient method under DDP, no wrapper: what DDP would do
+        _broadcast(loop.model.buffers())  # rank 0's BatchNorm statistics (broadcast_buffers)
     z = loop.model.encode(x, f)
     return z, loop.model.decode(z)
 
 
 def _losses(loop: TrainLoop, outputs: dict[str, Tensor],
-            ys: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """Per-task masked losses ``[T]`` and which tasks are present ``[T]`` (bool)."""
+            ys: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-task masked losses ``[T]``, which tasks are present ``[T]`` (bool) and how many
+    samples carry each task's label ``[T]`` (float64)."""
     per_task = [masked_task_loss(t, outputs[t.name], y)
                 for t, y in zip(loop.tasks, ys, strict=True)]
     losses = torch.stack([loss.float() for loss, _ in per_task])
-    present = torch.tensor([n > 0 for _, n in per_task], device=losses.device)
+    counts = torch.tensor([float(n) for _, n in per_task], dtype=torch.float64,
+                          device=losses.device)
+    present = counts > 0
     if not torch.isfinite(losses).all():
         bad = [t.name for t, v in zip(loop.tasks, losses.tolist(), strict=True)
                if not math.isfinite(v)]
         values = dict(zip([t.name for t in loop.tasks], losses.tolist(), strict=True))
         raise NonFiniteLossError(f"non-finite loss for task(s) {bad} at optimiser step "
                                  f"{loop.step}: {values}")
-    return losses, present
+    return losses, present, counts
+
+
+def _broadcast(tensors: Iterator[Tensor] | Sequence[Tensor]) -> None:
+    """Overwrite ``tensors`` on every process with rank 0's values (in place)."""
+    for t in tensors:
+        dist.broadcast(t.data, 0)
+
+
+def _sync_rng(device: torch.device) -> None:
+    """Give every process rank 0's torch RNG state (CPU, and ``device``'s when CUDA).
+
+    Randomised gradient methods (PCGrad's task order, GradDrop, RLW) must draw the same numbers
+    on every rank or the ranks would apply different updates; dropout or unequal shard sizes
+    would otherwise let the per-rank streams drift apart.
+    """
+    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    cpu = torch.get_rng_state().to(comm)
+    dist.broadcast(cpu, 0)
+    torch.set_rng_state(cpu.cpu())
+    if device.type == "cuda":
+        state = torch.cuda.get_rng_state(device).to(comm)
+        dist.broadcast(state, 0)
+        torch.cuda.set_rng_state(state.cpu(), device)
+
+
+class ProcessGroupTaskGradients:
+    """:class:`~mtl.weighting.backward.TaskGradientSync` over the default process group, for
+    one micro-batch of which this process holds ``counts [T]`` labelled samples per task.
+
+    Each process's task loss is the mean over its own labelled samples, so the global batch's
+    loss of task ``t`` is ``sum_r n_rt L_rt / N_t`` (``N_t = sum_r n_rt``): its gradient is the
+    count-weighted average of the processes' gradients, and a process without the task's label
+    contributes nothing instead of a zero that would halve the gradient. The constructor is a
+    collective (the totals ``N``).
+    """
+
+    def __init__(self, counts: Tensor) -> None:
+        self.counts = counts.to(torch.float64)  # [T] n_rt
+        self.total = self.counts.clone()
+        dist.all_reduce(self.total)  # [T] N_t
+        self._sizes: list[int] = []
+
+    def losses(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        sums = losses.detach().to(torch.float64) * self.counts
+        dist.all_reduce(sums)
+        present = self.total > 0
+        mean = torch.where(present, sums / self.total.clamp(min=1), torch.zeros_like(sums))
+        return mean.to(losses.dtype), present
+
+    def share(self, grads: Tensor) -> Tensor:
+        ratio = torch.where(self.total > 0, self.counts / self.total.clamp(min=1),
+                            torch.zeros_like(self.counts))  # [T] n_rt / N_t
+        return grads * ratio.to(grads.dtype)[:, None]
+
+    def mean(self, grads: Tensor) -> Tensor:
+        out = self.share(grads).contiguous()
+        dist.all_reduce(out)
+        return out
+
+    def gather(self, grads: Tensor) -> Tensor:
+        # shards can differ in size (the last batch): gather the sizes, pad to the largest
+        size = torch.tensor([grads.shape[1]], device=grads.device)
+        sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+        dist.all_gather(sizes, size)
+        self._sizes = [int(n) for n in sizes]
+        padded = grads.new_zeros(grads.shape[0], max(self._sizes))
+        padded[:, :grads.shape[1]] = grads
+        parts = [torch.empty_like(padded) for _ in self._sizes]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:, :n] for p, n in zip(parts, self._sizes, strict=True)], 1)
+
+    def local(self, direction: Tensor) -> Tensor:
+        rank = dist.get_rank()
+        start = sum(self._sizes[:rank])
+        return direction[start:start + self._sizes[rank]]
+
+    def sum(self, grads: Tensor) -> Tensor:
+        out = grads.clone()
+        dist.all_reduce(out)
+        return out
 
 
 def _optimizer_step(loop: TrainLoop) -> None:
@@ -250,7 +339,7 @@ def train_one_epoch(loop: TrainLoop, data: SplitData) -> EpochStats:
         ys = [t[idx].to(loop.device) for t in targets]  # per task [B] or [B, K]
         with _autocast(loop.device, amp_dtype(cfg, loop.device)):
             z, outputs = _forward(loop, x, f)
-        losses, present = _losses(loop, outputs, ys)
+        losses, present, counts = _losses(loop, outputs, ys)
         if cfg.log_conflict_every and t_count > 1 and loop.step % cfg.log_conflict_every == 0 \
                 and micro == 0 and loop.dist.world_size == 1:
             cos = task_gradient_cosine(losses, present, shared).cpu()  # [T, T], NaN: absent; 1 sync
@@ -263,9 +352,13 @@ def train_one_epoch(loop: TrainLoop, data: SplitData) -> EpochStats:
         if loop.scaler is not None:
             loop.scaler.scale(losses.detach().sum())  # initialises the scale on first use
             scale = float(loop.scaler.get_scale())
+        sync = None
+        if loop.dist.world_size > 1 and loop.weighting.level == "gradient":
+            sync = ProcessGroupTaskGradients(counts)
+            _sync_rng(loop.device)
         w = multitask_backward(loop.weighting, losses, present, shared, heads,
                                representation=z, backend=cfg.backend,
-                               loss_scale=scale / cfg.grad_accum)
+                               loss_scale=scale / cfg.grad_accum, sync=sync)
         _sync_weighting_grads(loop)
         step_sum += losses.detach().double() * present
         step_n += present
@@ -468,15 +561,21 @@ def _build_loop(tasks: Sequence[TaskSchema], cfg: TrainConfig, in_channels: int,
             "construction and parameters below it would get their gradient twice. Use "
             "train.backend: full.")
     ddp: nn.Module | None = None
-    if dist_.world_size > 1:
-        if weighting.level != "loss":
-            raise ValueError(
-                f"train.weighting={cfg.weighting!r} is a gradient-level method; under DDP "
-                "(train.nproc > 1) each process would balance only its own shard's gradients, "
-                "so it is refused. Use a loss-level method (mtl list weightings; see "
-                "docs/weighting.md) or train.nproc: 1.")
+    if dist_.world_size > 1 and weighting.level == "loss":
         ddp = DistributedDataParallel(_EncodeDecode(model),
                                       device_ids=[device.index] if device.type == "cuda" else None)
+    elif dist_.world_size > 1:
+        # A gradient-level method gets no DDP wrapper. Its gradients come from
+        # torch.autograd.grad and are written into .grad by hand, where DDP's reducer hooks
+        # never fire (it would wait for them, or, after a plain backward, all-reduce the
+        # shared gradients a second time). Instead multitask_backward all-reduces the
+        # per-task gradients (ProcessGroupTaskGradients), every process aggregates the same
+        # matrix, and the heads' per-task gradients travel in the same all-reduce: one
+        # collective per step, nothing left to average afterwards. What DDP's constructor and
+        # forward would still have done is done here: start from rank 0's weights and
+        # weighting state, and use rank 0's buffers (_forward).
+        _broadcast([*model.parameters(), *model.buffers(), *weighting.parameters(),
+                    *weighting.buffers()])
     if cfg.compile:
         model.encode = torch.compile(model.encode)  # type: ignore[method-assign]
     params = list(model.parameters()) + list(weighting.parameters())

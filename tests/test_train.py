@@ -256,13 +256,9 @@ def test_early_stopping(tmp_path: Path) -> None:
     assert len(result.history) < 30
 
 
-def test_gradient_method_under_ddp_is_refused(tmp_path: Path) -> None:
-    from mtl.train import Distributed
-
-    cfg = tiny_cfg(tmp_path, weighting="pcgrad")
-    with pytest.raises(ValueError, match="gradient-level"):
-        fit(TASKS, make_split(16, 0), make_split(8, 1), cfg, 1, torch.device("cpu"),
-            dist_=Distributed(rank=0, world_size=2))
+# Gradient-level methods under DDP used to be refused here; they now train (issue 11):
+# tests/test_train_weighting.py::test_gradient_methods_under_ddp_match_one_process replaces
+# test_gradient_method_under_ddp_is_refused.
 
 
 def test_validation_without_any_usable_label_is_refused(tmp_path: Path) -> None:

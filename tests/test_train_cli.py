@@ -99,12 +99,21 @@ def test_kill_9_then_rerun_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert metrics["step"] == epochs - 1  # the replayed history keeps every epoch in dvclive
 
 
-def test_ddp_two_processes_match_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("weighting", ["equal", "pcgrad"])
+def test_ddp_two_processes_match_one(weighting: str, tmp_path: Path) -> None:
+    """``mtl train`` under torchrun (2 gloo processes) ends near the 1-process run, for a
+    loss-level method (the DDP wrapper) and a gradient-level one (per-task gradients
+    all-reduced, issue 11). Not bitwise: BatchNorm normalises each process's shard with its own
+    statistics; tests/test_train_weighting.py checks the gradient path to 1e-4 without it.
+    The pcgrad case replaces ``test_gradient_method_under_ddp_is_refused_clearly``: gradient
+    methods were refused under DDP before."""
     _write_stage_inputs(tmp_path, 640, 160)
-    one = _run(_train_cmd(tmp_path, _params(tmp_path, "one", epochs=2), "one"), tmp_path)
-    two = _run(_train_cmd(tmp_path, _params(tmp_path, "two", epochs=2, nproc=2), "two"),
-               tmp_path)
+    one = _run(_train_cmd(tmp_path, _params(tmp_path, "one", epochs=2, weighting=weighting),
+                          "one"), tmp_path)
+    two = _run(_train_cmd(tmp_path, _params(tmp_path, "two", epochs=2, nproc=2,
+                                            weighting=weighting), "two"), tmp_path)
     assert "2 process(es)" in two and "1 process(es)" in one
+    assert f"weighting {weighting}" in two
     assert two.count("model saved to") == 1  # only rank 0 writes
     m1 = json.loads((tmp_path / "live-one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "live-two" / "metrics.json").read_text())
@@ -112,12 +121,3 @@ def test_ddp_two_processes_match_one(tmp_path: Path) -> None:
         l1, l2 = m1["train"]["loss"][t], m2["train"]["loss"][t]
         assert abs(l1 - l2) <= 0.15 * abs(l1) + 0.02, (t, l1, l2)
     assert abs(m1["val"]["score"] - m2["val"]["score"]) < 0.1
-
-
-def test_gradient_method_under_ddp_is_refused_clearly(tmp_path: Path) -> None:
-    _write_stage_inputs(tmp_path, 64, 32)
-    params = _params(tmp_path, "bad", epochs=1, nproc=2, weighting="mgda")
-    out = subprocess.run(_train_cmd(tmp_path, params, "bad"), cwd=tmp_path, env=_env(),
-                         capture_output=True, text=True, check=False)
-    assert out.returncode != 0
-    assert "gradient-level method" in out.stdout + out.stderr

@@ -14,8 +14,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import Tensor
+from torch import Tensor, nn
 
+from mtl.splits import SplitData
 from mtl.train import Distributed, _build_loop, fit, train_one_epoch
 from mtl.weighting.famo import FAMO
 from tests.test_train import TASKS, make_split, tiny_cfg
@@ -123,6 +124,7 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, port: int, out: str) -> None:
+    """Both DDP tests' runs in one spawn (each spawned process pays the imports once)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -140,23 +142,111 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
             for _ in range(2):
                 train_one_epoch(loop, data)
             torch.save(loop.weighting.state_dict(), Path(out) / f"{weighting}-rank{rank}.pt")
+        for weighting, backend in GRADIENT_RUNS:
+            model, state = _train_gradient_method(weighting, backend, Path(out),
+                                                  Distributed(rank, 2))
+            torch.save({"model": model, "state": state},
+                       Path(out) / f"{weighting}-{backend}-rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_ranks_hold_identical_weighting_state(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder where each rank of one 2-process gloo run saved its results."""
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_ddp_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    return out
+
+
+def test_ddp_ranks_hold_identical_weighting_state(ddp_runs: Path) -> None:
     """Two gloo processes, a task often labelled on one rank only: after 2 epochs every rank
     holds the same method state (FAMO's logits/moments/reference losses, DWA's history), and
     it moved. Before the fix each rank passed its own ``present`` to ``step_end`` (and DWA's
     epoch means averaged in zeros from ranks without the task): FAILED."""
-    mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     for weighting, moved in (("famo", "logits"), ("dwa", "history")):
-        a = torch.load(tmp_path / f"{weighting}-rank0.pt", weights_only=True)
-        b = torch.load(tmp_path / f"{weighting}-rank1.pt", weights_only=True)
+        a = torch.load(ddp_runs / f"{weighting}-rank0.pt", weights_only=True)
+        b = torch.load(ddp_runs / f"{weighting}-rank1.pt", weights_only=True)
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k].nan_to_num(-7.0), b[k].nan_to_num(-7.0)), (weighting, k)
         assert bool(torch.isfinite(a[moved]).all()) and bool((a[moved] != 0).any()), weighting
+
+
+# ----------------------------------------------- gradient-level methods under DDP (issue 11)
+# (method, backend): the three the issue names, a stateful one (GradVac's EMA of the cosines)
+# and the representation backend, with a randomised method there (GradDrop: its draws and the
+# signs of the *global* batch's z must be the same on both ranks)
+GRADIENT_RUNS = (("pcgrad", "full"), ("mgda", "full"), ("nash_mtl", "full"),
+                 ("gradvac", "full"), ("mgda", "representation"),
+                 ("graddrop", "representation"))
+
+
+def _gradient_data() -> SplitData:
+    """51 rows, batch 16: the last global batch (3 rows) splits 2 / 1, and with 30 % labels
+    missing plus task "d" labelled on every 5th row only, the ranks hold different label
+    counts per task (often none of "d")."""
+    data = make_split(51, 0, missing=0.3)
+    d = data.targets["d"].copy()
+    d[torch.arange(51).numpy() % 5 != 0] = float("nan")
+    data.targets["d"] = d
+    return data
+
+
+def _train_gradient_method(weighting: str, backend: str, out: Path,
+                           dist_: Distributed) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """2 epochs (8 optimiser steps) of ``weighting``; the model's and the method's state.
+
+    BatchNorm is replaced by the identity: in training mode it normalises with the statistics
+    of each process's own shard (as under any DDP without SyncBatchNorm), which is not the
+    gradient path under test."""
+    cfg = tiny_cfg(out, weighting=weighting, backend=backend, batch_size=16,
+                   log_conflict_every=0, epochs=2)
+    loop = _build_loop(TASKS, cfg, 1, 0, torch.device("cpu"), 4, dist_)
+    for name, module in list(loop.model.named_modules()):
+        if isinstance(module, nn.BatchNorm2d):
+            parent, _, attr = name.rpartition(".")
+            setattr(loop.model.get_submodule(parent), attr, nn.Identity())
+    if dist_.rank == 1:
+        # rank 1's RNG stream moves on (as dropout on a shard of another size would do): the
+        # trainer must still give every rank the same draws for PCGrad's order and GradDrop
+        torch.rand(7)
+    data = _gradient_data()
+    init = {k: v.clone() for k, v in loop.model.state_dict().items()}
+    for _ in range(2):
+        train_one_epoch(loop, data)
+    assert loop.step == 8
+    assert any(not torch.equal(v, init[k]) for k, v in loop.model.state_dict().items() if
+               "encoder" in k or "backbone" in k), (weighting, backend, "shared part moved")
+    return ({k: v.detach().clone() for k, v in loop.model.state_dict().items()},
+            {k: v.detach().clone() for k, v in loop.weighting.state_dict().items()})
+
+
+def test_gradient_methods_under_ddp_match_one_process(ddp_runs: Path,
+                                                      tmp_path: Path) -> None:
+    """Two gloo processes, each with its shard of every global batch, end with the parameters
+    one process reaches on the same global batches (8 steps), for every method of
+    GRADIENT_RUNS; both ranks hold identical parameters and identical method state, and the
+    state matches one process's. Fails if the per-task gradients were not all-reduced (each
+    rank balancing its shard), if they were averaged without the label counts (a rank
+    without task "d" would halve its gradient), if the ranks drew different random numbers
+    (GradDrop, PCGrad's order), or if the representation backend used only the local z.
+    Before this change gradient-level methods were refused under DDP."""
+    torch.set_num_threads(1)
+    for weighting, backend in GRADIENT_RUNS:
+        model, state = _train_gradient_method(weighting, backend, tmp_path, Distributed())
+        ranks = [torch.load(ddp_runs / f"{weighting}-{backend}-rank{r}.pt", weights_only=True)
+                 for r in (0, 1)]
+        for k, v in model.items():
+            assert torch.equal(ranks[0]["model"][k], ranks[1]["model"][k]), (weighting, k)
+            torch.testing.assert_close(ranks[0]["model"][k], v, rtol=1e-4, atol=1e-5,
+                                       msg=f"{weighting}/{backend}: {k}")
+        assert ranks[0]["state"].keys() == ranks[1]["state"].keys() == state.keys()
+        for k, v in state.items():
+            a, b = ranks[0]["state"][k], ranks[1]["state"][k]
+            assert torch.equal(a.nan_to_num(-7.0), b.nan_to_num(-7.0)), (weighting, k)
+            torch.testing.assert_close(a, v, rtol=1e-4, atol=1e-5, equal_nan=True,
+                                       msg=f"{weighting}/{backend} state {k}")
 
 
 # ------------------------------------------------------------ representation backend refused

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from mtl.weighting.base import Weighting
 
 __all__ = [
+    "TaskGradientSync",
     "backward_passes",
     "multitask_backward",
     "set_vmapped_gradients",
@@ -67,6 +69,41 @@ def backward_passes(
     if backend == "representation":
         return f"1 + heads ({batched})"
     return batched
+
+
+class TaskGradientSync(Protocol):
+    """Turns one process's per-task gradients into those of the global batch (DDP).
+
+    Implemented by the trainer (``mtl.train``) over ``torch.distributed``; ``None`` (one process)
+    everywhere in this module means "the local batch is the global batch". Every method is a
+    collective: every process calls it once per step in the same order, with every task's row
+    (exact zeros for a task unlabelled on this process).
+    """
+
+    def losses(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """Local per-task mean losses ``[T]`` -> global ones ``[T]`` and global presence."""
+        ...
+
+    def share(self, grads: Tensor) -> Tensor:
+        """``[T, X]``: row ``t`` times this process's share of task ``t``'s labels (local)."""
+        ...
+
+    def mean(self, grads: Tensor) -> Tensor:
+        """``[T, X]`` gradients of the local per-task means -> those of the global means
+        (the all-reduced sum of :meth:`share`)."""
+        ...
+
+    def gather(self, grads: Tensor) -> Tensor:
+        """``[T, X_r]`` per-sample-block gradients -> ``[T, sum_r X_r]`` (rank order)."""
+        ...
+
+    def local(self, direction: Tensor) -> Tensor:
+        """This process's slice ``[X_r]`` of a gathered ``[sum_r X_r]`` vector."""
+        ...
+
+    def sum(self, grads: Tensor) -> Tensor:
+        """All-reduce sum of a flat gradient ``[P]`` (the backbone behind ``z``)."""
+        ...
 
 
 def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
@@ -161,6 +198,7 @@ def multitask_backward(
     representation: Tensor | None = None,
     backend: str = "full",
     loss_scale: float = 1.0,
+    sync: TaskGradientSync | None = None,
 ) -> Tensor:
     """Back-propagate the task losses through ``weighting``; returns its weights ``[T]``.
 
@@ -173,6 +211,10 @@ def multitask_backward(
         representation: the shared representation ``z`` (required for ``"representation"``).
         backend: ``"full"`` or ``"representation"``; ignored for loss-level methods.
         loss_scale: the AMP ``GradScaler`` scale; ``1.0`` without AMP.
+        sync: under DDP, how the per-task gradients of this process's shard become those of
+            the global batch (gradient level only; see :class:`TaskGradientSync`). Every
+            process then aggregates the same ``[T, P]`` matrix with the same losses and writes
+            the same gradient: no DDP all-reduce of the shared parameters must follow.
 
     Post-condition: every parameter's ``.grad`` is *accumulated* with ``loss_scale`` times:
     loss level, the gradient of ``sum_t w_t L_t`` (+ the method's regulariser); gradient level,
@@ -206,7 +248,7 @@ def multitask_backward(
 
     tasks = present.nonzero().squeeze(1)  # [K]
     k = tasks.numel()
-    if k == 0:  # nothing labelled in this batch: no gradient at all
+    if k == 0 and sync is None:  # nothing labelled in this batch: no gradient at all
         return losses.new_zeros(num_tasks).detach()
 
     shared = [p for p in shared_params if p.requires_grad]
@@ -220,11 +262,21 @@ def multitask_backward(
     # [K, T]: row i selects task tasks[i]; scaled by loss_scale so fp16 grads do not underflow.
     select = torch.zeros(k, num_tasks, dtype=losses.dtype, device=losses.device)
     select[torch.arange(k, device=losses.device), tasks] = scale
-    flat, head_g = _per_task_grads(  # flat: [K, P]
-        losses, targets, select, n_shared, flat_dtype=_work_dtype(targets[:n_shared])
-    )
+    work = _work_dtype(targets[:n_shared])
+    if k > 0:
+        flat, head_g = _per_task_grads(  # flat: [K, P]
+            losses, targets, select, n_shared, flat_dtype=work
+        )
+    else:  # DDP, nothing labelled on this process: zero rows, but still in the collectives
+        flat = losses.new_zeros((0, sum(t.numel() for t in targets[:n_shared])), dtype=work)
+        head_g = [p.new_zeros((0, *p.shape)) for p in heads]
     if scale != 1.0:
         flat = flat / scale
+    if sync is not None:
+        flat, head_g, losses, present, tasks = _synchronise(
+            sync, flat, head_g, tasks, losses, present, backend
+        )
+        k = tasks.numel()
     overflow = scale != 1.0 and not bool(torch.isfinite(flat).all())
     if overflow:
         direction, weights = flat.sum(0), present.to(flat.dtype)
@@ -233,11 +285,12 @@ def multitask_backward(
             grads = flat
         else:  # absent tasks' rows are exact zeros, as the method contract says
             grads = flat.new_zeros(num_tasks, flat.shape[1]).index_copy_(0, tasks, flat)
-        weighting.set_representation(
-            representation.detach()
-            if backend == "representation" and representation is not None
-            else None
-        )
+        z_seen = None
+        if backend == "representation" and representation is not None:
+            z_seen = representation.detach()
+            if sync is not None:  # the global batch's z, in the order of the gathered rows
+                z_seen = sync.gather(z_seen.reshape(1, -1)).view(-1, *z_seen.shape[1:])
+        weighting.set_representation(z_seen)
         direction, weights = weighting.aggregate(grads, losses.detach().to(flat.dtype), present)
     direction = direction * scale if scale != 1.0 else direction  # [P]
 
@@ -245,11 +298,21 @@ def multitask_backward(
         sizes = [p.numel() for p in shared]
         pieces = torch.split(direction, sizes)
         _accumulate(shared, [d.view_as(p) for d, p in zip(pieces, shared, strict=True)])
-    else:
+    elif sync is None:
         assert representation is not None
         representation.backward(direction.view_as(representation).to(representation.dtype))
+    else:
+        # DDP: this process's rows of the global direction through its own backbone graph,
+        # then the backbone gradients of all processes summed (each holds J_r^T d_r only)
+        assert representation is not None
+        mine = sync.local(direction).view_as(representation).to(representation.dtype)
+        back = torch.autograd.grad(representation, shared, mine, allow_unused=True,
+                                   materialize_grads=True)
+        total = sync.sum(torch.cat([g.reshape(-1).to(work) for g in back]))
+        pieces = torch.split(total, [p.numel() for p in shared])
+        _accumulate(shared, [d.view_as(p) for d, p in zip(pieces, shared, strict=True)])
 
-    if heads:
+    if heads and k > 0:
         hs = None if overflow else weighting.head_scales(losses.detach(), present)
         if hs is None:
             _accumulate(heads, [g.sum(0) for g in head_g])
@@ -261,6 +324,49 @@ def multitask_backward(
     if reg is not None and reg.requires_grad:
         (reg * scale).backward()
     return weights.detach().to(losses.dtype)
+
+
+def _synchronise(
+    sync: TaskGradientSync,
+    flat: Tensor,
+    head_g: list[Tensor],
+    tasks: Tensor,
+    losses: Tensor,
+    present: Tensor,
+    backend: str,
+) -> tuple[Tensor, list[Tensor], Tensor, Tensor, Tensor]:
+    """Local per-task gradients (rows ``tasks``) -> the global batch's (rows: global tasks).
+
+    Rows are scattered to all ``T`` tasks first (zeros where unlabelled here) so every process
+    exchanges tensors of the same shape. ``full``: shared and head gradients are averaged as
+    one ``[T, P + H]`` matrix (one all-reduce). ``representation``: the ``z`` gradients belong
+    to different samples on each process, so they are gathered ``[T, sum_r B_r D]``; the heads
+    are averaged.
+    """
+    num_tasks = losses.shape[0]
+
+    def rows(m: Tensor) -> Tensor:  # [K, X] -> [T, X]
+        return m.new_zeros(num_tasks, m.shape[1]).index_copy_(0, tasks, m)
+
+    heads_flat = [rows(g.reshape(g.shape[0], -1)) for g in head_g]  # each [T, numel(p)]
+    glob_losses, glob_present = sync.losses(losses.detach())
+    if backend == "full":
+        n_shared = flat.shape[1]
+        both = sync.mean(torch.cat([rows(flat), *[h.to(flat.dtype) for h in heads_flat]], 1))
+        flat = both[:, :n_shared]
+        head_parts = torch.split(both[:, n_shared:], [h.shape[1] for h in heads_flat], 1)
+    else:
+        # each process's mean loss over its shard -> the global mean: d L / d z_r scales by
+        # (labelled on r) / (labelled anywhere), which ``mean`` applies to the gathered rows too
+        flat = sync.gather(sync.share(rows(flat)))
+        head_parts = torch.split(sync.mean(torch.cat(heads_flat, 1)) if heads_flat else
+                                 flat.new_zeros(num_tasks, 0),
+                                 [h.shape[1] for h in heads_flat], 1)
+    glob_tasks = glob_present.nonzero().squeeze(1)
+    flat = flat.index_select(0, glob_tasks)
+    head_out = [h.index_select(0, glob_tasks).to(g.dtype).reshape(-1, *g.shape[1:])
+                for h, g in zip(head_parts, head_g, strict=True)]
+    return flat, head_out, glob_losses, glob_present, glob_tasks
 
 
 def task_gradient_cosine(
