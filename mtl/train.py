@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import math
 import os
@@ -600,6 +601,30 @@ def _restore(loop: TrainLoop, state: dict[str, Any]) -> FitResult:
                      state["history"], resumed_from=state["epoch"])
 
 
+def _resume_state(path: Path, cfg: TrainConfig, device: torch.device,
+                  dist_: Distributed) -> dict[str, Any] | None:
+    """The resumable state every process continues from (None: start afresh).
+
+    Only global rank 0 writes the state, so on several machines the others' disks do not have
+    it: rank 0 reads the file and broadcasts its bytes, and every process loads them (tensors
+    and plain containers only), so every process resumes from the same epoch or none does.
+    """
+    if dist_.world_size == 1:
+        if cfg.resume and path.is_file():
+            return safe_load(path, "resumable training state", map_location=device)
+        return None
+    data = path.read_bytes() if cfg.resume and dist_.is_main and path.is_file() else None
+    box: list[bytes | None] = [data]
+    # Bytes, not the loaded tensors: unpickling tensor storages sent by broadcast_object_list
+    # fails. NCCL sends through this process's GPU, gloo through the CPU.
+    dist.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
+    if box[0] is None:
+        return None
+    state: dict[str, Any] = torch.load(io.BytesIO(box[0]), map_location=device,
+                                       weights_only=True)
+    return state
+
+
 def fit(tasks: Sequence[TaskSchema], train: SplitData, val: SplitData, cfg: TrainConfig,
         in_channels: int, device: torch.device, log: Logger | None = None,
         dist_: Distributed | None = None) -> tuple[MultiTaskModel, FitResult]:
@@ -624,8 +649,8 @@ def fit(tasks: Sequence[TaskSchema], train: SplitData, val: SplitData, cfg: Trai
         remove_stale_states(path)
     result = FitResult({}, -1, -math.inf)
     stale, first_epoch = 0, 0
-    if cfg.resume and path.is_file():
-        state = safe_load(path, "resumable training state", map_location=device)
+    state = _resume_state(path, cfg, device, dist_)
+    if state is not None:
         result = _restore(loop, state)
         stale, first_epoch = state["stale"], state["epoch"] + 1
         if log is not None and dist_.is_main:
