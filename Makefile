@@ -42,13 +42,15 @@ run: install
 	$(PY) -m flows.pipeline
 
 # One pytest worker per core (pytest-xdist); a test file stays on one worker, so module-scoped
-# fixtures (a reference pipeline run) are built once. PYTEST_WORKERS=0 runs in one process.
+# fixtures (a reference pipeline run) are built once. Files start in collection order, which
+# tests/conftest.py makes slow-first (xdist's default reorder would start the files with the
+# most tests first, leaving the long end-to-end files for last). PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= logical
 test: install
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: install
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
 
 # Mutation testing of the weighting engine (mutmut, config in pyproject.toml [tool.mutmut]);
 # slow (a pytest run per mutant), so NOT part of `make test`. MUTANTS narrows it, e.g.

@@ -31,13 +31,21 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", PREFEC
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slow (end-to-end) tests first, in their collected order, then the rest.
+    """Slow (end-to-end) tests first, files with more of them first, then the rest.
 
-    `make test` spreads test files over one worker per core; the longest files starting first
-    keeps a worker from picking up a several-minute file when the others are nearly done. In one
-    process the order changes nothing but when the slow tests report.
+    `make test` spreads test files over one worker per core, in this order; the longest files
+    starting first keeps a worker from picking up a several-minute file when the others are
+    nearly done (each slow test is a pipeline run or more, so their count per file is the
+    proxy for its length). In one process the order changes only when the slow tests report.
     """
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable sort
+    slow_per_file: dict[str, int] = {}
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            slow_per_file[item.nodeid.split("::")[0]] = \
+                slow_per_file.get(item.nodeid.split("::")[0], 0) + 1
+    # A stable sort: within a file, and among the fast tests, the collected order stays.
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
+                                 -slow_per_file.get(item.nodeid.split("::")[0], 0)))
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
