@@ -53,6 +53,13 @@ def write_png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path)
 
 
+def noise_images(root: Path, n: int) -> None:
+    """``root/images/<i>.png`` for i < n: 16×16 grey noise, seeded by i (distinct images)."""
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        write_png(root / "images" / f"{i}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
+
+
 def _pattern(shape: tuple[int, int], label_a: int, label_b: int, rng: np.random.Generator,
              ) -> np.ndarray:
     """A 16×16 grey image whose left/right halves encode two labels (learnable), plus noise."""

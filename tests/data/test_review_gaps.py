@@ -26,16 +26,13 @@ from mtl.data.clean import clean
 from mtl.data.features import TaskTarget, one_to_one, select_features
 from mtl.data.io import DataError, duplicate_names, read_labels_table
 from mtl.schema import TaskKind
-from tests.conftest import write_png
+from tests.conftest import noise_images, write_png
 
 MakeTable = Callable[..., tuple[DatasetConfig, Path]]
 CLEAN = CleanConfig(mode="L", min_size=4, workers=1)
 
 
-def _images(root: Path, n: int) -> None:
-    for i in range(n):
-        rng = np.random.default_rng(i)
-        write_png(root / "images" / f"{i}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
+_images = noise_images
 
 
 def _ledger(result: Any, n: int) -> None:
