@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,14 +39,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     nearly done (each slow test is a pipeline run or more, so their count per file is the
     proxy for its length). In one process the order changes only when the slow tests report.
     """
-    slow_per_file: dict[str, int] = {}
-    for item in items:
-        if item.get_closest_marker("slow") is not None:
-            slow_per_file[item.nodeid.split("::")[0]] = \
-                slow_per_file.get(item.nodeid.split("::")[0], 0) + 1
+    def file_of(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]
+
+    slow_per_file = Counter(file_of(i) for i in items if i.get_closest_marker("slow") is not None)
     # A stable sort: within a file, and among the fast tests, the collected order stays.
-    items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
-                                 -slow_per_file.get(item.nodeid.split("::")[0], 0)))
+    items.sort(key=lambda i: (i.get_closest_marker("slow") is None, -slow_per_file[file_of(i)]))
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
