@@ -57,6 +57,15 @@ def test_registry_names() -> None:
         register_architecture("hps")(create_architecture)  # type: ignore[type-var]
 
 
+def test_cli_lists_the_eight_architectures(capsys: pytest.CaptureFixture[str]) -> None:
+    from mtl.cli import main
+
+    assert main(["list", "architectures"]) == 0
+    assert capsys.readouterr().out.split() == [
+        "cgc", "cross_stitch", "dselect_k", "hps", "ltb", "mmoe", "mtan", "ple"
+    ]
+
+
 def test_docstrings_name_their_paper() -> None:
     for arch in list_architectures():
         model = _build(arch, "smallcnn", {})
