@@ -16,7 +16,7 @@ __all__ = ["CGC", "ExtractionLayer"]
 
 
 class ExtractionLayer(nn.Module):
-    """One extraction layer of CGC / PLE (Tang et al. 2020, Fig. 4/5), over ``T`` tasks.
+    """One extraction layer of CGC / PLE (Tang et al. 2020), over ``T`` tasks.
 
     Experts are one-layer ReLU MLPs ``in_features -> expert_features``; all experts of a group
     are one ``Linear`` (equivalent to separate experts, one matmul). With ``x_t`` the input of
@@ -111,8 +111,8 @@ class CGC(MultiTaskModel):
     Differences from the paper and from LibMTL's port: experts are one-layer ReLU MLPs on the
     image backbone's (fused) features, as in :class:`~mtl.models.architectures.MMoE` here
     (the paper's experts are MLPs on the raw input features; LibMTL makes each expert a whole
-    backbone copy). The paper fixes no expert counts; the defaults (1 shared, 1 per task,
-    LibMTL has none) give each task two experts to choose from.
+    backbone copy). The expert counts are not taken from the paper's experiments (LibMTL has
+    no defaults either): 1 shared and 1 per task give each task two experts to choose from.
     """
 
     supports_representation = True

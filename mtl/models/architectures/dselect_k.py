@@ -31,8 +31,8 @@ class DSelectKGate(nn.Module):
     (S(a_ij) if bit j of e is 1 else 1 - S(a_ij))`` ``[B, k, n]`` (a distribution over the
     experts for any ``a``, since ``n`` is a power of 2), ``q = sum_i softmax(W h)_i r_i``
     ``[B, n]``: convex weights with at most ``k`` non-zeros once every ``S(a_ij)`` is 0 or 1.
-    Initialised as the official implementation: ``Z`` uniform in ``±gamma/100``, ``W`` in
-    ``±0.05``.
+    Initialised as LibMTL's port of the official implementation: ``Z`` uniform in
+    ``±gamma/100``, ``W`` in ``±0.05``.
     """
 
     codes: Tensor
@@ -81,8 +81,8 @@ class DSelectK(MultiTaskModel):
     ``h`` from ``z`` and, with its tower, lies above it (task ``t``'s parameters), so no
     parameter gets its gradient twice and every task's gradient reaches the experts' slices.
 
-    Hyperparameters: ``num_experts`` (n, a power of 2), ``num_nonzeros`` (k; LibMTL's default
-    2), ``gamma`` (the smooth-step's width; the official default 1.0). Differences from the
+    Hyperparameters: ``num_experts`` (n, a power of 2), ``num_nonzeros`` (k) and ``gamma``
+    (the smooth-step's width), defaults 2 and 1.0 as LibMTL. Differences from the
     paper: per-example gating only (no static gate); experts read the image backbone's
     features. **The paper's entropy regulariser is not implemented** (nor its penalty for
     ``n`` not a power of 2): the training loss has no hook for an architecture's own term, so

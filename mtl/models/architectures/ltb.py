@@ -49,13 +49,14 @@ class LTB(MultiTaskModel):
     drawn from torch's RNG at construction: every DDP rank samples the same tree and a resumed
     run the same noise.
 
-    Differences from the paper: every layer has ``T`` nodes (LibMTL's design space; the paper
-    grows the node count layer by layer), the branching logits are trained jointly with the
-    weights on the training loss, and the final tree is used in place (the paper retrains the
-    chosen architecture). From LibMTL: its warm-up mixes with all-ones weights (sums the
-    parents, ``theta`` untrained), its temperature is ``(epochs / 20) / sqrt(epoch + 1)`` per
-    epoch (here per ``tau_decay_steps`` steps, ``tau_initial = 5`` = its value at 100
-    epochs), and it samples in evaluation too.
+    Also what is *not* done: every layer has exactly ``T`` nodes (LibMTL's design space; the
+    paper's tree can have another number of nodes per layer), the branching logits are trained
+    jointly with the weights on the training loss (no separate split), and the final tree is
+    used in place (no retraining of the chosen architecture from scratch). Differences from
+    LibMTL: its warm-up mixes with all-ones weights (sums the parents, ``theta`` untrained),
+    its temperature is ``(epochs / 20) / sqrt(epoch + 1)`` per epoch (here per
+    ``tau_decay_steps`` steps, ``tau_initial = 5`` = its value at 100 epochs), and it samples
+    in evaluation too.
 
     Representation: none shared: ``encode`` returns the per-task ``[B, T, D]`` and
     ``supports_representation`` is False (after branching, tasks may share no node at all).

@@ -43,8 +43,9 @@ class PLE(MultiTaskModel):
 
     Differences: experts are one-layer ReLU MLPs on the backbone's (fused) features (the
     paper's are MLPs on the raw features; LibMTL splits a ResNet into levels, one backbone copy
-    per expert, and has no shared gate: its shared experts read each task's input). The paper
-    sets no level or expert counts; defaults: 2 levels, 1 shared and 1 task expert per level.
+    per expert, and has no shared gate: its shared experts read each task's input). The
+    defaults (2 levels, 1 shared and 1 task expert per level) are the smallest PLE that is not
+    CGC, not the paper's experimental settings.
     """
 
     supports_representation = True
