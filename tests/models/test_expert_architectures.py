@@ -225,3 +225,20 @@ def test_ltb_evaluates_the_argmax_tree() -> None:
         for p in model._columns()[0].stages[0].parameters():
             p.add_(1.0)
     assert all(not torch.allclose(model(x)[t], before[t]) for t in HEADS)
+
+
+def test_ltb_schedule_and_noise_resume_from_a_state_dict() -> None:
+    """A checkpoint carries the step count and the noise seed: a model restored from it
+    continues with the same temperature and samples the same trees as the original."""
+    model = _build("ltb", warmup_steps=1).train()
+    assert isinstance(model, LTB)
+    for _ in range(4):
+        model._alpha()
+    torch.manual_seed(99)  # another initialisation and another noise seed
+    twin = _build("ltb", warmup_steps=1).train()
+    assert isinstance(twin, LTB)
+    assert int(twin.noise_seed) != int(model.noise_seed)
+    twin.load_state_dict(model.state_dict())
+    assert int(twin.num_steps) == 4
+    for _ in range(3):
+        torch.testing.assert_close(twin._alpha(), model._alpha())
