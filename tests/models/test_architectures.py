@@ -31,6 +31,8 @@ CASES = [
     for bb, kw, size in BACKBONES
 ]
 NUM_FEATURES = 5
+# Each task has its own representation ([B, T, D]): the representation backend is refused.
+PER_TASK_REPRESENTATION = ("mtan", "cross_stitch", "ltb")
 
 
 def _build(arch: str, backbone: str, bkw: dict[str, Any], num_features: int = 0) -> MultiTaskModel:
@@ -44,13 +46,24 @@ def _ids(params: Any) -> list[int]:
 
 
 def test_registry_names() -> None:
-    assert {"hps", "mmoe", "mtan", "cross_stitch"} <= set(list_architectures())
+    assert set(list_architectures()) == {
+        "hps", "mmoe", "mtan", "cross_stitch", "cgc", "ple", "dselect_k", "ltb"
+    }
     with pytest.raises(ValueError, match=r"unknown architecture 'nope'.*hps"):
         create_architecture("nope", "smallcnn", HEADS, 1)
     with pytest.raises(ValueError, match=r"unknown backbone 'nope'.*smallcnn"):
         create_architecture("hps", "nope", HEADS, 1)
     with pytest.raises(ValueError, match="already registered"):
         register_architecture("hps")(create_architecture)  # type: ignore[type-var]
+
+
+def test_cli_lists_the_eight_architectures(capsys: pytest.CaptureFixture[str]) -> None:
+    from mtl.cli import main
+
+    assert main(["list", "architectures"]) == 0
+    assert capsys.readouterr().out.split() == [
+        "cgc", "cross_stitch", "dselect_k", "hps", "ltb", "mmoe", "mtan", "ple"
+    ]
 
 
 def test_docstrings_name_their_paper() -> None:
@@ -114,7 +127,7 @@ def test_representation_split(arch: str) -> None:
     So every parameter above ``z`` must be a task parameter and every shared one below it.
     """
     model = _build(arch, "smallcnn", {}, num_features=NUM_FEATURES)
-    expected = arch in ("hps", "mmoe")
+    expected = arch not in PER_TASK_REPRESENTATION
     assert model.supports_representation is expected
     if not expected:
         return
@@ -123,6 +136,12 @@ def test_representation_split(arch: str) -> None:
     assert z.dim() == 2 and z.shape[1] == model.representation_size  # type: ignore[attr-defined]
     grads = [torch.autograd.grad(model.decode(z)[t].sum(), z, retain_graph=True)[0] for t in HEADS]
     assert all(g.shape == z.shape and g.abs().sum() > 0 for g in grads)
+    # Not orthogonal by construction (what a stacked per-task z would give): every pair of
+    # tasks' gradients w.r.t. z share non-zero coordinates, and their inner product is not 0.
+    for i, gi in enumerate(grads):
+        for gj in grads[i + 1 :]:
+            assert ((gi != 0) & (gj != 0)).any(), "two tasks' gradients have disjoint supports"
+            assert (gi * gj).sum().abs() > 0
 
     leaf = z.detach().requires_grad_()
     model.zero_grad(set_to_none=True)

@@ -1,0 +1,244 @@
+"""CGC, PLE, DSelect-k and LTB: what each paper's mechanism promises, on tiny models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from mtl.models import MultiTaskModel, create_architecture
+from mtl.models.architectures import CGC, LTB, PLE, DSelectK, DSelectKGate
+from mtl.models.architectures.dselect_k import smooth_step
+
+HEADS = {"a": 3, "b": 1, "c": 2}
+SMALL: dict[str, Any] = {"channels": (4, 8), "out_features": 16}
+
+
+def _build(arch: str, num_features: int = 0, **kw: Any) -> MultiTaskModel:
+    return create_architecture(
+        arch, "smallcnn", HEADS, 1, num_features=num_features, backbone_kwargs=SMALL, **kw
+    )
+
+
+def _x(batch: int = 4) -> torch.Tensor:
+    return torch.randn(batch, 1, 12, 12)
+
+
+def _check_split(model: MultiTaskModel, num_features: int = 0) -> None:
+    """Shared parameters: reached by every task's loss and all below ``z``; task ``t``'s:
+    reached by its loss only and all above ``z`` (so the representation backend gives no
+    parameter its gradient twice)."""
+    x = _x()
+    f = torch.randn(4, num_features) if num_features else None
+    shared = {id(p) for p in model.shared_parameters()}
+    own = {t: {id(p) for p in model.task_parameters(t)} for t in HEADS}
+    groups = [shared, *own.values()]
+    assert sum(map(len, groups)) == len(set().union(*groups))  # disjoint
+    assert set().union(*groups) == {id(p) for p in model.parameters()}
+    for task in HEADS:
+        model.zero_grad(set_to_none=True)
+        model(x, f)[task].square().sum().backward()
+        reached = {id(p) for p in model.parameters() if p.grad is not None and p.grad.any()}
+        assert shared <= reached, f"{task}'s loss misses a shared parameter"
+        others = set().union(*(own[t] for t in HEADS if t != task))
+        assert not reached & others, f"{task}'s loss reaches another task's parameter"
+        assert own[task] <= reached
+    if not model.supports_representation:
+        return
+    z = model.encode(x, f)
+    leaf = z.detach().requires_grad_()
+    model.zero_grad(set_to_none=True)
+    sum(y.sum() for y in model.decode(leaf).values()).backward()  # type: ignore[union-attr]
+    assert {id(p) for p in model.parameters() if p.grad is not None} == set().union(*own.values())
+    model.zero_grad(set_to_none=True)
+    z.backward(torch.randn_like(z))
+    assert {id(p) for p in model.parameters() if p.grad is not None} == shared
+
+
+# --------------------------------------------------------------------------------- CGC / PLE
+def test_cgc_task_experts_get_no_gradient_from_other_tasks() -> None:
+    model = _build("cgc", num_task_experts=2, num_shared_experts=3)
+    assert isinstance(model, CGC)
+    x = _x()
+    for i, task in enumerate(HEADS):
+        model.zero_grad(set_to_none=True)
+        model(x)[task].sum().backward()
+        for j, experts in enumerate(model.layer.task_experts):
+            assert isinstance(experts, nn.Linear)
+            if j == i:
+                assert experts.weight.grad is not None and experts.weight.grad.any()
+            else:
+                assert experts.weight.grad is None, f"{task}'s loss reached task {j}'s experts"
+        shared = model.layer.shared_experts.weight.grad
+        assert shared is not None and shared.any()
+    # task t's gate chooses among m_s + m_t experts, the shared ones first
+    assert model.layer.task_gates[0].out_features == 3 + 2  # type: ignore[union-attr]
+    _check_split(model, 0)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_ple_parameter_split_and_representation(levels: int) -> None:
+    """Level L's task experts/gates, gate_t^(L-1) and the towers are task parameters; the
+    lower levels' task experts reach every task through the shared gate."""
+    model = _build("ple", num_features=2, num_levels=levels, num_task_experts=2)
+    assert isinstance(model, PLE)
+    gates = [layer.shared_gate is not None for layer in model.levels]  # type: ignore[union-attr]
+    assert gates == [True] * (levels - 1) + [False]
+    _check_split(model, 2)
+    if levels >= 2:
+        own = {id(p) for p in model.task_parameters("b")}
+        gate = model._level(levels - 2).task_gates[1]
+        assert {id(p) for p in gate.parameters()} <= own
+
+
+def test_ple_with_one_level_is_cgc() -> None:
+    cgc = _build("cgc", num_features=2, num_shared_experts=2, num_task_experts=3)
+    torch.manual_seed(1)  # different initial weights: the outputs agree only through the copy
+    ple = _build("ple", num_features=2, num_levels=1, num_shared_experts=2, num_task_experts=3)
+    state = {k.replace("layer.", "levels.0.", 1): v for k, v in cgc.state_dict().items()}
+    assert set(state) == set(ple.state_dict())
+    ple.load_state_dict(state)
+    cgc.eval(), ple.eval()
+    x, f = _x(), torch.randn(4, 2)
+    torch.testing.assert_close(ple.encode(x, f), cgc.encode(x, f))
+    for task, y in ple(x, f).items():
+        torch.testing.assert_close(y, cgc(x, f)[task])
+    for task in HEADS:
+        assert len(list(ple.task_parameters(task))) == len(list(cgc.task_parameters(task)))
+    assert len(list(ple.shared_parameters())) == len(list(cgc.shared_parameters()))
+
+
+# --------------------------------------------------------------------------------- DSelect-k
+def test_smooth_step_values_and_gamma() -> None:
+    t = torch.tensor([-2.0, -0.5, 0.0, 0.5, 2.0, 0.25])
+    torch.testing.assert_close(smooth_step(t), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0, 0.84375]))
+    # gamma widens the cubic part (LibMTL's port ignored it): S(0.5; gamma=2) = 0.84375
+    torch.testing.assert_close(smooth_step(torch.tensor(0.5), gamma=2.0), torch.tensor(0.84375))
+    t = torch.tensor([-0.6, 0.6], requires_grad=True)
+    smooth_step(t).sum().backward()
+    assert t.grad is not None and not t.grad.any()  # flat tails: a binary gate stays binary
+
+
+def test_dselect_k_gates_sum_to_one_and_select_k_experts_when_binary() -> None:
+    gate = DSelectKGate(in_features=5, num_experts=8, num_nonzeros=3, gamma=1.0)
+    h = torch.randn(6, 5)
+    with torch.no_grad():
+        gate.z_logits.weight.normal_(0, 3)
+    q = gate(h)
+    assert q.shape == (6, 8) and (q >= 0).all()
+    torch.testing.assert_close(q.sum(-1), torch.ones(6))
+    torch.testing.assert_close(gate.selectors(h).sum(-1), torch.ones(6, 3))
+    # Saturated logits (|a| >= gamma / 2): selector i picks expert (4, 1, 6)[i] exactly.
+    picks = (4, 1, 6)
+    bits = torch.tensor([[(e >> s) & 1 for s in (2, 1, 0)] for e in picks], dtype=torch.float32)
+    with torch.no_grad():
+        gate.z_logits.weight.zero_()
+        gate.z_logits.bias.copy_(((bits * 2 - 1) * 0.5).flatten())
+    q = gate(h)
+    assert ((q > 0).sum(-1) == 3).all()
+    assert set((q[0] > 0).nonzero().flatten().tolist()) == set(picks)
+    torch.testing.assert_close(q.sum(-1), torch.ones(6))
+
+
+def test_dselect_k_gate_converges_to_exactly_binary_selectors() -> None:
+    """Trained to favour one expert, every selector reaches exactly 0/1 in finite time (a
+    sigmoid gate never would) and at most k experts keep a non-zero weight."""
+    gate = DSelectKGate(in_features=3, num_experts=4, num_nonzeros=2, gamma=1.0)
+    h = torch.randn(16, 3)
+    value = torch.tensor([0.1, 0.2, 1.0, 0.3])  # expert 2 is the best
+    opt = torch.optim.SGD(gate.parameters(), lr=1.0)  # binary after 7-20 steps (seeds 0-5)
+    for _ in range(100):
+        opt.zero_grad()
+        (-(gate(h) * value).sum(-1).mean()).backward()
+        opt.step()
+    r = gate.selectors(h).detach()
+    assert ((r == 0) | (r == 1)).all(), "selectors not exactly binary"
+    q = gate(h).detach()
+    assert ((q > 0).sum(-1) <= 2).all()
+    torch.testing.assert_close(q[:, 2], torch.ones(16))
+
+
+def test_dselect_k_refuses_unusable_hyperparameters() -> None:
+    with pytest.raises(ValueError, match="power of 2"):
+        _build("dselect_k", num_experts=6)
+    with pytest.raises(ValueError, match=r"num_nonzeros must be in \[1, 4\]"):
+        _build("dselect_k", num_experts=4, num_nonzeros=5)
+    model = _build("dselect_k", num_experts=8, num_nonzeros=2)
+    assert isinstance(model, DSelectK)
+    z = model.encode(_x())
+    torch.testing.assert_close(model.expert_weights("c", z).sum(-1), torch.ones(4))
+    _check_split(model, 0)
+
+
+# ----------------------------------------------------------------------------------------- LTB
+def test_ltb_branching_is_a_distribution_and_hard_after_warm_up() -> None:
+    model = _build("ltb", warmup_steps=2, tau_initial=5.0, tau_decay_steps=10)
+    assert isinstance(model, LTB)
+    probs = model.branching_probabilities()
+    assert probs.shape == (2, 3, 3)  # [stages, children, parents]
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 3))
+    model.train()
+    for _ in range(2):  # warm-up: soft mixing with softmax(theta)
+        torch.testing.assert_close(model._alpha(), probs)
+    assert int(model.num_steps) == 2
+    seen = []
+    for _ in range(3):  # after warm-up: exactly one parent per child
+        alpha = model._alpha()
+        assert ((alpha == 0) | (alpha == 1)).all() and (alpha.sum(-1) == 1).all()
+        seen.append(alpha.detach())
+    assert int(model.num_steps) == 5
+    assert model.temperature(2) == 5.0 and model.temperature(12) == pytest.approx(5.0 / 2**0.5)
+    # the noise of a step is a function of (noise_seed, step): a replay samples the same tree
+    model.num_steps.fill_(2)
+    torch.testing.assert_close(model._alpha().detach(), seen[0])
+    # straight-through: the hard sample still trains theta
+    model.zero_grad(set_to_none=True)
+    model(_x())["a"].square().sum().backward()
+    assert model.shared_logits.grad is not None and model.shared_logits.grad.any()
+    assert {"num_steps", "noise_seed"} <= set(model.state_dict())
+
+
+def test_ltb_evaluates_the_argmax_tree() -> None:
+    """After warm-up, evaluation uses each child's most likely parent, deterministically: with
+    every child choosing column 0 below the last stage, the other columns' stems and lower
+    stages cannot change any output."""
+    model = _build("ltb", warmup_steps=0).eval()
+    assert isinstance(model, LTB)
+    with torch.no_grad():
+        model.shared_logits.zero_()[..., 0] = 5.0
+        for logits in model.last_logits:
+            logits.zero_()[0] = 5.0
+    assert (model.tree() == 0).all()
+    x = _x()
+    before = model(x)
+    torch.testing.assert_close(model(x)["a"], before["a"])  # no sampling in evaluation
+    with torch.no_grad():
+        for col in model._columns()[1:]:
+            for p in col.stages[0].parameters():
+                p.add_(1.0)
+    after = model(x)
+    for task in HEADS:
+        torch.testing.assert_close(after[task], before[task])
+    with torch.no_grad():  # ... while column 0's lower stage feeds every task
+        for p in model._columns()[0].stages[0].parameters():
+            p.add_(1.0)
+    assert all(not torch.allclose(model(x)[t], before[t]) for t in HEADS)
+
+
+def test_ltb_schedule_and_noise_resume_from_a_state_dict() -> None:
+    """A checkpoint carries the step count and the noise seed: a model restored from it
+    continues with the same temperature and samples the same trees as the original."""
+    model = _build("ltb", warmup_steps=1).train()
+    assert isinstance(model, LTB)
+    for _ in range(4):
+        model._alpha()
+    torch.manual_seed(99)  # another initialisation and another noise seed
+    twin = _build("ltb", warmup_steps=1).train()
+    assert isinstance(twin, LTB)
+    assert int(twin.noise_seed) != int(model.noise_seed)
+    twin.load_state_dict(model.state_dict())
+    assert int(twin.num_steps) == 4
+    for _ in range(3):
+        torch.testing.assert_close(twin._alpha(), model._alpha())
