@@ -3,8 +3,12 @@
 One uninterrupted run is the reference; it is reproduced stage by stage and the project is
 copied after `ingest`, `select` and `train` (git, DVC cache and run cache included), so each
 fault test starts from the state just before the stage it interrupts and reruns only what
-follows. Every output the pipeline declares is compared file by file with the reference; only
-the measured throughput (images per second) may differ.
+follows. A kill test's copy also gets the reference's run-cache entries of the stages
+*downstream* of the one it kills (never of that stage or those before it): the killed stage
+really reruns, and the stages after it are restored from DVC's run cache only if its new
+outputs are byte for byte the reference's (their run-cache key hashes those outputs), instead
+of recomputing what no fault touched. Every output the pipeline declares is compared file by
+file with the reference; only the measured throughput (images per second) may differ.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 DVC = [sys.executable, "-m", "dvc"]
 STAGES = ["ingest", "clean", "select", "augment", "train", "evaluate"]
+# The `mtl <command>` of every stage in dependency order: each depends on the one before it
+# (the baselines on augment, evaluate on them), so a stage's downstream is what follows it.
+COMMANDS = ["ingest", "clean", "select", "augment", "train", "baseline", "evaluate"]
 # Tiny, but clean still decodes in a process pool (>= 256 images) and augment writes several
 # shards, so both are interrupted while they work.
 FAULT_PARAMS = {
@@ -105,15 +112,41 @@ class Snapshots:
         _assert_up_to_date(project)
         self.hashes = output_hashes(project)
         assert any(k.startswith("data/augmented/train/") for k in self.hashes), self.hashes
+        self.cache = project / ".dvc" / "cache"
+        # run-cache entry (relative to the cache) -> the `mtl` command of its stage
+        self.entries = {entry.relative_to(self.cache): _command(entry)
+                        for entry in (self.cache / "runs").rglob("*") if entry.is_file()}
+        # DVC saves no run-cache entry for a stage with an uncached out that is neither a metric
+        # nor a plot (evaluate's reports/report.md): evaluate reruns after every fault.
+        assert set(self.entries.values()) == set(COMMANDS) - {"evaluate"}, self.entries
 
-    def copy(self, upto: str, dest: Path) -> Path:
+    def copy(self, upto: str, dest: Path, downstream_of: str | None = None) -> Path:
+        """The project as it was after ``upto``; with ``downstream_of``, plus the reference's
+        cached outputs and the run-cache entries of the stages after that one."""
         shutil.copytree(self.root / f"after-{upto}", dest, symlinks=True)
+        if downstream_of is not None:
+            after = COMMANDS[COMMANDS.index(downstream_of) + 1:]
+            shutil.copytree(self.cache / "files", dest / ".dvc/cache/files", dirs_exist_ok=True)
+            for entry, command in self.entries.items():
+                if command in after:
+                    (dest / ".dvc/cache" / entry).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(self.cache / entry, dest / ".dvc/cache" / entry)
         return dest
+
+
+def _command(run_cache_entry: Path) -> str:
+    """The `mtl` command (``clean``, ``baseline``, ...) a DVC run-cache entry ran."""
+    return str(yaml.safe_load(run_cache_entry.read_text())["cmd"]).split()[1]
 
 
 @pytest.fixture(scope="module")
 def snapshots(tmp_path_factory: pytest.TempPathFactory) -> Snapshots:
     return Snapshots(tmp_path_factory.mktemp("faults"))
+
+
+def _ran(output: str) -> list[str]:
+    """The stages whose command `dvc repro` ran (not those restored from the run cache)."""
+    return re.findall(r"Running stage '([^']+)'", output)
 
 
 def _env() -> dict[str, str]:
@@ -183,17 +216,19 @@ def _cpu_seconds(seconds: float) -> Callable[[psutil.Process], bool]:
 
 def test_kill_9_in_clean_then_repro_equals_uninterrupted(snapshots: Snapshots,
                                                          tmp_path: Path) -> None:
-    project = snapshots.copy("ingest", tmp_path / "proj")
+    project = snapshots.copy("ingest", tmp_path / "proj", downstream_of="clean")
     kill_mid_stage(project, "clean", _has_pool)
     out = run_ok([*DVC, "repro"], project)
-    assert "Running stage 'clean'" in out
+    # clean reruns; what follows is restored (evaluate has no run-cache entry and reruns), which
+    # needs clean's new outputs to be the reference's
+    assert _ran(out) == ["clean", "evaluate"], out
     _assert_up_to_date(project)
     assert output_hashes(project) == snapshots.hashes
 
 
 def test_kill_9_in_augment_then_repro_equals_uninterrupted(snapshots: Snapshots,
                                                            tmp_path: Path) -> None:
-    project = snapshots.copy("select", tmp_path / "proj")
+    project = snapshots.copy("select", tmp_path / "proj", downstream_of="augment")
     shards = project / "data" / "augmented" / "train"
 
     def some_shards_written(proc: psutil.Process) -> bool:
@@ -202,7 +237,7 @@ def test_kill_9_in_augment_then_repro_equals_uninterrupted(snapshots: Snapshots,
     kill_mid_stage(project, "augment", some_shards_written)
     assert not (project / "data/augmented/labels.parquet").exists()  # partial output left
     out = run_ok([*DVC, "repro"], project)
-    assert "Running stage 'augment'" in out
+    assert _ran(out) == ["augment", "evaluate"], out  # train and the baselines are restored
     _assert_up_to_date(project)
     assert output_hashes(project) == snapshots.hashes
 
@@ -218,7 +253,8 @@ def test_kill_9_in_evaluate_then_repro_equals_uninterrupted(snapshots: Snapshots
 
 
 def test_two_repro_at_once_one_reports_the_lock(snapshots: Snapshots, tmp_path: Path) -> None:
-    project = snapshots.copy("select", tmp_path / "proj")
+    # augment runs (seconds: the other repro meets the lock), what follows is restored
+    project = snapshots.copy("select", tmp_path / "proj", downstream_of="augment")
     procs = [subprocess.Popen([*DVC, "repro"], cwd=project, env=_env(), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for _ in range(2)]
@@ -228,5 +264,6 @@ def test_two_repro_at_once_one_reports_the_lock(snapshots: Snapshots, tmp_path: 
     for code, out in zip(codes, outs, strict=True):
         # the other one either waited for the lock and found nothing to do, or reported it
         assert code == 0 or "lock" in out.lower(), (code, out)
+    assert sorted(s for out in outs for s in _ran(out)) == ["augment", "evaluate"], outs  # once
     _assert_up_to_date(project)
     assert output_hashes(project) == snapshots.hashes

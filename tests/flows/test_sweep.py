@@ -113,7 +113,7 @@ def test_sweep_runs_parallel_dvc_experiments_and_promotes_only_past_the_margin(
     # The failing run is in the table with its error; it was tried once.
     assert [e["status"] for e in bad["runs"]] == ["success", "failed"]
     assert "unknown weighting 'nosuch'" in bad["runs"][1]["error"]
-    assert bad["runs"][1]["name"] not in _exp_show(project)
+    assert bad["runs"][1]["name"] not in shown  # `dvc exp show` after all three sweeps
     failed = [r for r in bad_runs if r.state and r.state.is_failed()]
     assert len(bad_runs) == 2 and len(failed) == 1 and failed[0].run_count == 1
     assert "## Failed runs" in bad_md and "| nosuch | 0/1 |" in bad_md

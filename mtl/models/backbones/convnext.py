@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torchvision
 from torch import nn
 
 from mtl.models.backbones._adapt import last_conv_channels, make_conv_like
@@ -32,6 +31,10 @@ class ConvNeXtBackbone(Backbone):
 
     def __init__(self, arch: str, in_channels: int, small_input: bool = False, **kw: Any) -> None:
         super().__init__()
+        # Imported here, not at module level: every `mtl` stage imports the backbone
+        # registry, and torchvision (with torch._dynamo) costs about 3 s CPU per process.
+        import torchvision
+
         net = getattr(torchvision.models, arch)(weights=None, **kw)
         features: nn.Sequential = net.features
         stem = features[0]  # Conv2dNormActivation: [conv, norm, (activation)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torchvision
 from torch import nn
 
 from mtl.models.backbones._adapt import last_conv_channels, make_conv_like
@@ -28,6 +27,10 @@ class ResNetBackbone(Backbone):
 
     def __init__(self, arch: str, in_channels: int, small_input: bool = False, **kw: Any) -> None:
         super().__init__()
+        # Imported here, not at module level: every `mtl` stage imports the backbone
+        # registry, and torchvision (with torch._dynamo) costs about 3 s CPU per process.
+        import torchvision
+
         net = getattr(torchvision.models, arch)(weights=None, **kw)
         if small_input:
             net.conv1 = make_conv_like(net.conv1, in_channels, kernel_size=3, stride=1, padding=1)
