@@ -53,7 +53,8 @@ class NearDuplicateStats:
     """Work done by one ``near_duplicate_groups`` call (filled in when passed as ``stats``).
 
     ``unique_hashes``: distinct hashes searched; ``blocks`` and ``radius``: the plan chosen
-    (hashes cut into ``blocks`` blocks, each searched within ``radius`` bits); ``probes``: block
+    (hashes cut into ``blocks`` blocks, each searched within ``radius`` bits; 0 blocks: all
+    pairs compared); ``probes``: block
     values looked up; ``comparisons``: Hamming distances computed (all pairs would be
     ``unique_hashes * (unique_hashes - 1) / 2``); ``pairs``: pairs of distinct hashes within
     the distance.
@@ -72,6 +73,7 @@ class NearDuplicateStats:
 _PROBE_COST = 2
 _MAX_FLIPS = 4096  # plans needing more block values per hash and block are not considered
 _PLAN_SAMPLE = 1024  # hashes whose candidates are counted to estimate a plan's cost
+_ALL_PAIRS_COST = 0.25  # a distance in the all-pairs plan (contiguous, no gathers), same unit
 _TABLE_BITS = 22  # blocks this narrow get a direct table of bucket starts (<= 32 MiB)
 
 
@@ -136,7 +138,8 @@ class _Block:
 
 
 def _plan(uniq: np.ndarray, max_distance: int) -> tuple[int, int]:
-    """Number of blocks and per-block radius that minimise the estimated work.
+    """Number of blocks and per-block radius that minimise the estimated work; ``(0, 0)``:
+    compare all pairs (cheaper than any index for large distances or few hashes).
 
     Pigeonhole: two hashes within distance ``d`` cut into ``b`` blocks agree within
     ``d // b`` bits on at least one block. ``b = d + 1`` (exact block match) is cheapest for
@@ -149,7 +152,7 @@ def _plan(uniq: np.ndarray, max_distance: int) -> tuple[int, int]:
     """
     n = len(uniq)
     sample = np.arange(0, n, max(1, n // _PLAN_SAMPLE))
-    best: tuple[float, int, int] | None = None
+    best: tuple[float, int, int] = (_ALL_PAIRS_COST * n * (n - 1) / 2, 0, 0)
     for blocks in range(min(max_distance + 1, 64), 0, -1):
         radius = max_distance // blocks
         edges = _block_edges(blocks)
@@ -157,7 +160,7 @@ def _plan(uniq: np.ndarray, max_distance: int) -> tuple[int, int]:
         if max(_n_flips(hi - lo, radius) for lo, hi in edges) > _MAX_FLIPS:
             continue
         cost = float(_PROBE_COST * flips * n)
-        if best is not None and cost >= best[0]:
+        if cost >= best[0]:
             continue
         cand = 0
         for lo, hi in edges:
@@ -166,9 +169,8 @@ def _plan(uniq: np.ndarray, max_distance: int) -> tuple[int, int]:
                 start, stop = block.ranges(sample, flip)
                 cand += int((stop - start).sum())
         cost += cand * n / len(sample)
-        if best is None or cost < best[0]:
+        if cost < best[0]:
             best = (cost, blocks, radius)
-    assert best is not None  # blocks = max_distance + 1 (radius 0) is always considered
     return best[1], best[2]
 
 
@@ -198,7 +200,15 @@ def near_duplicate_groups(hashes: np.ndarray, max_distance: int, chunk: int = 1 
             stats.blocks, stats.radius = n_blocks, radius
         found: list[np.ndarray] = []
         every = np.arange(m)
-        for lo, hi in _block_edges(n_blocks):
+        step = max(1, chunk // m)
+        for a in range(0, m, step) if n_blocks == 0 else ():  # all pairs, rows a..b vs a..m
+            d = hamming(uniq[a:a + step, None], uniq[None, a:])  # [rows, m - a]
+            if stats is not None:
+                stats.comparisons += d.size
+            ii, jj = np.nonzero(d <= max_distance)
+            keep = jj > ii  # j > i (both offset by a): each pair once, no self-pairs
+            found.append(np.stack([ii[keep] + a, jj[keep] + a], axis=1).astype(np.int64))
+        for lo, hi in _block_edges(n_blocks) if n_blocks else ():
             block = _Block(uniq, lo, hi)
             for flip in _flips(hi - lo, radius):
                 start, stop = block.ranges(every, flip)

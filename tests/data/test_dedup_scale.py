@@ -32,19 +32,20 @@ def _clustered_hashes(n: int, seed: int) -> np.ndarray:
     return h
 
 
-@pytest.mark.parametrize("blocks", [None, 1, 2, 3, "d+1"])
+@pytest.mark.parametrize("blocks", [None, 0, 1, 2, 3, "d+1"])
 def test_every_plan_finds_exactly_the_all_pairs_groups(
         blocks: int | str | None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Whatever the number of blocks (the plan), the groups equal the all-pairs reference:
+    """Whatever the plan (number of blocks, or 0: all pairs), the groups equal the reference:
     a wrong per-block radius, a pair generated in one direction only or a chunk boundary
     that drops candidates all lose pairs; ``chunk`` is tiny so rows span many chunks."""
     h = _clustered_hashes(1200, seed=0)
     for d in (1, 2, 4, 7):
         if blocks is not None:
             b = d + 1 if blocks == "d+1" else int(blocks)
-            if dedup._n_flips(64 // b + 1, d // b) > 3000:
+            if b and dedup._n_flips(64 // b + 1, d // b) > 3000:
                 continue  # a plan _plan never chooses (too many look-ups): skip, not test
-            monkeypatch.setattr(dedup, "_plan", lambda u, md, b=b: (b, md // b))
+            plan = (b, d // b) if b else (0, 0)  # 0 blocks: all pairs
+            monkeypatch.setattr(dedup, "_plan", lambda u, md, plan=plan: plan)
         stats = NearDuplicateStats()
         got = near_duplicate_groups(h, d, chunk=97, stats=stats)
         want = _all_pairs_groups(h, d)
