@@ -108,7 +108,9 @@ class _Block:
         # Narrow blocks: a table of bucket starts per block value ([2**width + 1]), so a
         # look-up is two reads instead of two binary searches at random places.
         self.first: np.ndarray | None = None
-        if self.width <= _TABLE_BITS:
+        # Only when the table is not much larger than the hashes: building it would cost more
+        # than binary searches save on a few thousand hashes.
+        if self.width <= _TABLE_BITS and (1 << self.width) <= 16 * len(uniq):
             counts = np.bincount(self.key.astype(np.int64), minlength=1 << self.width)
             self.first = np.concatenate([[0], np.cumsum(counts)])
 
