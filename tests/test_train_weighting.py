@@ -180,6 +180,8 @@ def test_ddp_ranks_hold_identical_weighting_state(ddp_runs: Path) -> None:
 GRADIENT_RUNS = (("pcgrad", "full"), ("mgda", "full"), ("nash_mtl", "full"),
                  ("gradvac", "full"), ("mgda", "representation"),
                  ("graddrop", "representation"))
+# issue 12: a method whose state lags one batch (MoDo's previous-step gradients, extra state)
+GRADIENT_RUNS += (("modo", "full"), ("fairgrad", "full"))
 
 
 def _gradient_data() -> SplitData:
@@ -219,7 +221,19 @@ def _train_gradient_method(weighting: str, backend: str, out: Path,
     assert any(not torch.equal(v, init[k]) for k, v in loop.model.state_dict().items() if
                "encoder" in k or "backbone" in k), (weighting, backend, "shared part moved")
     return ({k: v.detach().clone() for k, v in loop.model.state_dict().items()},
-            {k: v.detach().clone() for k, v in loop.weighting.state_dict().items()})
+            {k: v.detach().clone() for k, v in _tensors(loop.weighting.state_dict()).items()})
+
+
+def _tensors(state: dict[str, object]) -> dict[str, Tensor]:
+    """A state dict's tensors, with a module's extra state (a dict of tensors: MoDo's
+    previous-step gradients) flattened into it as ``_extra_state.<key>``."""
+    out: dict[str, Tensor] = {}
+    for k, v in state.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items() if isinstance(vv, Tensor)})
+        elif isinstance(v, Tensor):
+            out[k] = v
+    return out
 
 
 def test_gradient_methods_under_ddp_match_one_process(ddp_runs: Path,

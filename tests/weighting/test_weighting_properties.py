@@ -20,6 +20,7 @@ SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[Healt
 # gradvac (random task order), graddrop, rlw (random draws), static (per-task constants).
 SYMMETRIC_GRADIENT = ["aligned_mtl", "cagrad", "db_mtl", "gradnorm", "imtl", "mgda",
                       "nash_mtl", "upgrad"]  # fmt: skip
+SYMMETRIC_GRADIENT += ["fairgrad", "moco", "modo", "sdmgrad"]  # issue 12 (first step only)
 SYMMETRIC_LOSS = ["dwa", "equal", "famo", "gls", "uncertainty"]
 # The paper's weights do not change when every gradient is multiplied by the same factor.
 # (nash_mtl's weights scale as 1 / factor by definition: alpha_t (M alpha)_t = 1.)
