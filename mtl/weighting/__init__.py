@@ -17,9 +17,12 @@ from __future__ import annotations
 from mtl.weighting import (  # noqa: F401  (imported for their @register_weighting side effect)
     aligned_mtl,
     cagrad,
+    conflictfree,
     db_mtl,
+    dualproj,
     dwa,
     equal,
+    excess_mtl,
     famo,
     gls,
     graddrop,
@@ -31,6 +34,7 @@ from mtl.weighting import (  # noqa: F401  (imported for their @register_weighti
     pcgrad,
     rlw,
     static,
+    stch,
     uncertainty,
     upgrad,
 )
