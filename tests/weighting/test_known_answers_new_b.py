@@ -93,6 +93,17 @@ def test_dualproj_matches_torchjd(g: Tensor, expected: list[float]) -> None:
     torch.testing.assert_close(d, w @ g)
 
 
+def test_dualproj_projects_small_gradients_too() -> None:
+    """The deliberate difference from TorchJD: G3B times 1e-3 (||G||_F = 0.0037) still gets
+    the projection (2, 1, 1/3). TorchJD 0.18's default projector returns the unprojected mean
+    (1/3, 1/3, 1/3) there (trace of the Gram matrix below its norm_eps 1e-4), although the
+    mean conflicts with task 0."""
+    d, w = _agg("dualproj", 1e-3 * G3B)
+    torch.testing.assert_close(w, torch.tensor([2.0, 1.0, 1 / 3], dtype=F64))
+    assert bool(((G3B @ d) >= -1e-15).all())
+    assert float(G3B[0] @ G3B.mean(0)) < 0
+
+
 def test_dualproj_preference_and_absent_task() -> None:
     """``pref = (1, 2, 0.5)`` on G3B: TorchJD gives (4, 2, 0.6) (d = (0, 0.2, 0.6): tangent to
     g1 and g3). A 4th task, absent (zero row, present False), changes nothing and gets 0."""
