@@ -17,9 +17,12 @@ from __future__ import annotations
 from mtl.weighting import (  # noqa: F401  (imported for their @register_weighting side effect)
     aligned_mtl,
     cagrad,
+    conflictfree,
     db_mtl,
+    dualproj,
     dwa,
     equal,
+    excess_mtl,
     fairgrad,
     famo,
     gls,
@@ -35,6 +38,7 @@ from mtl.weighting import (  # noqa: F401  (imported for their @register_weighti
     rlw,
     sdmgrad,
     static,
+    stch,
     uncertainty,
     upgrad,
 )

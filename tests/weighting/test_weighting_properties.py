@@ -19,13 +19,13 @@ SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[Healt
 # Deterministic methods whose definition treats the tasks symmetrically. Excluded: pcgrad,
 # gradvac (random task order), graddrop, rlw (random draws), static (per-task constants).
 SYMMETRIC_GRADIENT = ["aligned_mtl", "cagrad", "db_mtl", "gradnorm", "imtl", "mgda",
-                      "nash_mtl", "upgrad"]  # fmt: skip
+                      "nash_mtl", "upgrad", "config", "dualproj", "excess_mtl"]  # fmt: skip
 SYMMETRIC_GRADIENT += ["fairgrad", "moco", "modo", "sdmgrad"]  # issue 12 (first step only)
-SYMMETRIC_LOSS = ["dwa", "equal", "famo", "gls", "uncertainty"]
+SYMMETRIC_LOSS = ["dwa", "equal", "famo", "gls", "uncertainty", "stch"]
 # The paper's weights do not change when every gradient is multiplied by the same factor.
 # (nash_mtl's weights scale as 1 / factor by definition: alpha_t (M alpha)_t = 1.)
 SCALE_INVARIANT = ["aligned_mtl", "cagrad", "db_mtl", "gradnorm", "graddrop", "gradvac",
-                   "imtl", "mgda", "pcgrad", "upgrad"]  # fmt: skip
+                   "imtl", "mgda", "pcgrad", "upgrad", "config", "dualproj"]  # fmt: skip
 
 
 @st.composite
