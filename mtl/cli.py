@@ -335,7 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Apply models/model.pt to image files or folders; writes "
                                     "one CSV row per image (not a pipeline stage).")
     pp.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    pp.add_argument("--model", default="models/model.pt", help="checkpoint (default: %(default)s)")
+    pp.add_argument("--model", default="models/model.pt",
+                    help="checkpoint, or a model written by `mtl export` (.onnx or .pt2, run on "
+                         "the CPU, its sidecar .json next to it) (default: %(default)s)")
     pp.add_argument("--out", default=None, help="CSV output (default: standard output)")
     pp.add_argument("--device", default="auto", help="auto, cpu, cuda (default: %(default)s)")
     pp.add_argument("--skipped", default=None,
@@ -360,7 +362,8 @@ dimension is dynamic.
 
 --quantize int8 (ONNX only) writes an int8 model (ONNX Runtime dynamic quantization) and prints
 the size before and after; with --eval-split (an augment-stage split folder such as
-data/augmented/test) it also prints each task's test metric with the fp32 and the int8 model.""")
+data/augmented/test) it also prints each task's test metric with the fp32 and the int8 model.
+`mtl predict --model <exported file>` predicts with an exported model.""")
     ep.add_argument("--model", default="models/model.pt", help="checkpoint (default: %(default)s)")
     ep.add_argument("--format", choices=["onnx", "torch-export"], default="onnx",
                     help="onnx (.onnx) or torch-export (.pt2) (default: %(default)s)")
