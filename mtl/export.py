@@ -47,6 +47,7 @@ __all__ = [
     "FORMATS",
     "ONNX_OPSET",
     "SIDECAR_FORMAT",
+    "EvalData",
     "ExportError",
     "ExportReport",
     "ExportedModel",
