@@ -29,6 +29,7 @@ Stages (each is also a DVC stage; `dvc repro` runs them in order and skips what 
   train     multi-task model (shared backbone, one head per task) -> models/model.pt
   evaluate  test metrics, confusion matrices, reports/report.md
   predict   apply a trained model to new images (not a pipeline stage)
+  export    the trained model as ONNX or a torch.export program + sidecar JSON (optionally int8)
   list      registered weightings, architectures or backbones
 
 Every stage reads its settings from --params (default params.yaml); see README.md for each key.
@@ -238,6 +239,34 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(frame.to_csv(index=False), end="")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from mtl.checkpoint import load_checkpoint
+    from mtl.export import FORMATS, EvalData, export_model
+    from mtl.splits import feature_columns, load_split_data
+
+    ckpt = load_checkpoint(Path(args.model))
+    out = Path(args.out) if args.out else Path(args.model).with_suffix(FORMATS[args.format])
+    eval_data = None
+    if args.eval_split:
+        if not args.quantize:
+            raise ValueError("mtl export: --eval-split scores the int8 model; expected "
+                             "--quantize int8 with it, found no --quantize")
+        split = Path(args.eval_split)
+        data = load_split_data(split.parent, split.name, ckpt.tasks, feature_columns(ckpt.schema))
+        eval_data = EvalData(data.images, data.targets, data.features)
+    report = export_model(ckpt, args.format, out, quantize=args.quantize, eval_data=eval_data)
+    print(f"export: {args.format} model {report.model} ({report.size_bytes / 1e6:.2f} MB), "
+          f"sidecar {report.sidecar}")
+    q = report.quantize
+    if q is not None:
+        print(f"export: int8 quantization: {q.fp32_bytes / 1e6:.2f} MB -> "
+              f"{q.int8_bytes / 1e6:.2f} MB ({q.int8_bytes / q.fp32_bytes:.1%} of fp32)")
+        for task, m in q.metrics.items():
+            print(f"export: {task}: {m['metric']} fp32 {m['fp32']:.4f} -> int8 {m['int8']:.4f} "
+                  f"(change {m['change']:+.4f}); predictions agree on "
+                  f"{q.agreement[task]:.1%} of {args.eval_split}")
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     if args.what == "weightings":
         from mtl.weighting import list_weightings as names
@@ -306,12 +335,47 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Apply models/model.pt to image files or folders; writes "
                                     "one CSV row per image (not a pipeline stage).")
     pp.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    pp.add_argument("--model", default="models/model.pt", help="checkpoint (default: %(default)s)")
+    pp.add_argument("--model", default="models/model.pt",
+                    help="checkpoint, or a model written by `mtl export` (.onnx or .pt2, run on "
+                         "the CPU, its sidecar .json next to it) (default: %(default)s)")
     pp.add_argument("--out", default=None, help="CSV output (default: standard output)")
     pp.add_argument("--device", default="auto", help="auto, cpu, cuda (default: %(default)s)")
     pp.add_argument("--skipped", default=None,
                     help="CSV listing the files skipped and why (default: standard error only)")
     pp.set_defaults(func=cmd_predict)
+    ep = sub.add_parser(
+        "export", help="Export the trained model as ONNX or a torch.export program.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Write the trained model as a file a server can run without mtl:
+
+  --format onnx          ONNX (opset 18, weights inside), for ONNX Runtime and other runtimes
+  --format torch-export  a torch.export program (.pt2, torch.export.load(...).module())
+
+next to a sidecar JSON (the same name + .json, e.g. model.onnx.json) holding what is needed to
+feed the model and decode its outputs: task names and kinds, label vocabularies, regression
+mean/std, image size, colour mode, normalisation, tabular feature encoders, input/output names
+and shapes (README, "Exporting a model"). Inputs: image float32 [batch, C, H, W] =
+(pixel / 255 - 0.5) / 0.5, and features float32 [batch, F] when the model was trained with
+tabular features; one output per task, float32 [batch, K] raw head outputs. The batch
+dimension is dynamic.
+
+--quantize int8 (ONNX only) writes an int8 model (ONNX Runtime dynamic quantization) and prints
+the size before and after; with --eval-split (an augment-stage split folder such as
+data/augmented/test) it also prints each task's test metric with the fp32 and the int8 model.
+`mtl predict --model <exported file>` predicts with an exported model.""")
+    ep.add_argument("--model", default="models/model.pt", help="checkpoint (default: %(default)s)")
+    ep.add_argument("--format", choices=["onnx", "torch-export"], default="onnx",
+                    help="onnx (.onnx) or torch-export (.pt2) (default: %(default)s)")
+    ep.add_argument("--out", default=None,
+                    help="exported file; the sidecar is written next to it as <out>.json "
+                         "(default: the checkpoint's path with .onnx or .pt2)")
+    ep.add_argument("--quantize", choices=["int8"], default=None,
+                    help="int8: quantize the ONNX model (default: none, fp32)")
+    ep.add_argument("--eval-split", default=None,
+                    help="augment-stage split folder to measure the int8 metric change on, e.g. "
+                         "data/augmented/test (default: none)")
+    ep.set_defaults(func=cmd_export)
     lp = sub.add_parser("list", help="List registered weightings, architectures or backbones.",
                         description="Print the registered names, one a line.")
     lp.add_argument("what", choices=["weightings", "architectures", "backbones"])
