@@ -93,6 +93,53 @@ def test_famo_absent_task_state_frozen_then_per_step_rate() -> None:
     assert float(m.adam_steps[2]) == 1.0  # type: ignore[index]
 
 
+def test_famo_update_with_min_losses_and_a_loss_at_its_minimum_matches_the_reference() -> None:
+    """FAMO's reference ``FAMO.update``: ``delta = log(L_prev - min + eps) - log(L - min +
+    eps)`` (``min_losses`` and ``eps`` inside the log), then the softmax Jacobian^T delta with
+    ``torch.optim.Adam(lr, weight_decay=gamma)``. min_losses = 0.5; at the 3rd step task 1's
+    loss reaches its minimum: its log is log(eps), a large but finite decrease."""
+    mn, eps = 0.5, 1e-8
+    losses = [(1.5, 2.5), (1.0, 1.5), (0.9, 0.5), (0.7, 0.6)]
+    m = create_weighting("famo", 2, lr=0.05, gamma=0.01, min_losses=mn)
+    logits = torch.zeros(2, dtype=F64, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.05, weight_decay=0.01)
+    prev = None
+    for pair in losses:
+        cur = torch.tensor(pair, dtype=F64)
+        m.step_end(cur, _mask(1, 1))
+        if prev is not None:
+            delta = (prev - mn + eps).log() - (cur - mn + eps).log()
+            z = torch.softmax(logits.detach(), 0)
+            logits.grad = z * (delta - (z * delta).sum())
+            opt.step()
+        prev = cur
+        torch.testing.assert_close(m.logits, logits.detach())  # type: ignore[attr-defined]
+
+
+def test_famo_loss_weights_known_answers() -> None:
+    """FAMO's loss weights (Liu et al. 2023, reference ``FAMO.backward``): ``w_t = z_t / (c
+    (L_t - min_t + eps))``, ``c = sum_j z_j / (L_j - min_j + eps)``; with equal logits
+    (``z = 1/2``) that is ``(1 / gap_t) / sum_j (1 / gap_j)``, written out per case."""
+    m = create_weighting("famo", 2)
+    both = _mask(1, 1)
+    # large losses (c = 1/15 < 1): gaps 10, 30 -> (1/10, 1/30) / (4/30) = (3/4, 1/4)
+    torch.testing.assert_close(m.weights(torch.tensor([10.0, 30.0], dtype=F64), both),
+                               torch.tensor([0.75, 0.25], dtype=F64))
+    # a loss at its minimum: gap eps = 1e-8 -> that task takes (almost) all the weight
+    torch.testing.assert_close(m.weights(torch.tensor([0.0, 1.0], dtype=F64), both),
+                               torch.tensor([1.0, 0.0], dtype=F64), atol=1e-7, rtol=0.0)
+    # no task present: zero weights (not NaN)
+    torch.testing.assert_close(m.weights(torch.tensor([1.0, 2.0], dtype=F64), _mask(0, 0)),
+                               torch.zeros(2, dtype=F64))
+    # min_losses = 1: gaps (1, 2) -> (1, 1/2) / (3/2) = (2/3, 1/3); a loss below its minimum is
+    # clamped to gap eps: (0.5, 2) -> (1, 0)
+    m1 = create_weighting("famo", 2, min_losses=1.0)
+    torch.testing.assert_close(m1.weights(torch.tensor([2.0, 3.0], dtype=F64), both),
+                               torch.tensor([2 / 3, 1 / 3], dtype=F64))
+    torch.testing.assert_close(m1.weights(torch.tensor([0.5, 2.0], dtype=F64), both),
+                               torch.tensor([1.0, 0.0], dtype=F64), atol=1e-7, rtol=0.0)
+
+
 # -------------------------------------------------------------------------------------- DWA
 def test_dwa_absent_epoch_keeps_history_and_task_returns() -> None:
     """Liu et al. 2019, Eq. 7: w = K softmax(r / T), r_t = L_t(e-1) / L_t(e-2). Task 1 is not
