@@ -162,6 +162,41 @@ def test_mgda_two_task_closed_form() -> None:
     assert abs(float(d @ (g[0] - g[1]))) < 1e-12
 
 
+@pytest.mark.parametrize(
+    ("normalization", "expected"),
+    [
+        # g1 = (2, 0), g2 = (0, 1), losses (2, 4); n_t the normalisation, w the min-norm
+        # weights of the orthogonal g_t / n_t (w_t proportional to n_t^2 / ||g_t||^2), the
+        # returned weights w_t / n_t.
+        ("none", [0.2, 0.8]),  # n = (1, 1): w proportional to (1/4, 1)
+        ("l2", [0.25, 0.5]),  # n = (2, 1): unit gradients, w = (1/2, 1/2)
+        ("loss", [1 / 34, 4 / 17]),  # n = (2, 4): w proportional to (1, 16)
+        ("loss+", [0.05, 0.2]),  # n = (4, 4): w proportional to (4, 16)
+    ],
+)
+def test_mgda_normalizations_of_the_papers_code(normalization: str,
+                                                  expected: list[float]) -> None:
+    """Sener & Koltun's code normalises the gradients by 1, ||g||, L or L ||g|| before the
+    min-norm solve; the weights apply to the raw gradients (w_t / n_t). Worked by hand."""
+    g = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    m = create_weighting("mgda", 2, normalization=normalization)
+    d, w = m.aggregate(g, torch.tensor([2.0, 4.0], dtype=torch.float64), ALL2)
+    torch.testing.assert_close(w, torch.tensor(expected, dtype=torch.float64))
+    torch.testing.assert_close(d, w @ g)
+
+
+def test_mgda_l2_with_a_zero_gradient_and_a_bad_normalization() -> None:
+    """A zero gradient puts the origin in the convex hull: the min-norm point is d = 0
+    (Pareto-stationary), with finite zero weights (its 1 / ||g|| is not taken: no inf/NaN);
+    an unknown normalisation is refused."""
+    g = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=torch.float64)
+    d, w = _agg("mgda", g, normalization="l2")
+    torch.testing.assert_close(w, torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(d, torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"mgda normalization must be one of .*'loss\+'"):
+        create_weighting("mgda", 2, normalization="L2")
+
+
 def test_mgda_frank_wolfe_matches_brute_force() -> None:
     torch.manual_seed(1)
     g = torch.randn(4, 6, dtype=torch.float64)
@@ -294,8 +329,11 @@ def test_box_qp_enumeration_and_gauss_seidel_agree() -> None:
 
     gs = lower.copy()
     for _ in range(20000):
+        before = gs.copy()
         for j in range(5):
             gs[:, j] = (gs[:, j] - (gs @ gram[:, j]) / gram[j, j]).clip(min=lower[:, j])
+        if np.abs(gs - before).max() <= 1e-15:  # converged (a fixed point of the sweep)
+            break
     torch.testing.assert_close(torch.from_numpy(exact), torch.from_numpy(gs), atol=1e-6, rtol=1e-5)
     assert s is not None
 
@@ -351,6 +389,108 @@ def test_db_mtl_gives_every_task_the_largest_norm() -> None:
     m = create_weighting("db_mtl", 2, beta=0.0)
     d, _ = m.aggregate(g, torch.ones(2, dtype=torch.float64), ALL2)
     torch.testing.assert_close(d, torch.tensor([4.0, 4.0], dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------- solvers
+def test_min_norm_2_every_case_of_sener_and_koltun_algorithm_1() -> None:
+    """``min_{g in [0, 1]} ||g v1 + (1 - g) v2||^2`` (Sener & Koltun 2018, Alg. 1), by hand."""
+    from mtl.weighting._solvers import min_norm_2
+
+    # v1 = (1, 0), v2 = (2, 0): v1 is the closest point (v1.v2 >= v1.v1)
+    assert min_norm_2(1.0, 2.0, 4.0) == (1.0, 1.0)
+    # v1 = (2, 0), v2 = (1, 0): v2 is (v1.v2 >= v2.v2)
+    assert min_norm_2(4.0, 2.0, 1.0) == (0.0, 1.0)
+    # v1 = (1, 0), v2 = (-1, 1): g = (2 + 1) / (1 + 2 + 2) = 0.6, point (0.2, 0.4), norm^2 0.2
+    gamma, cost = min_norm_2(1.0, -1.0, 2.0)
+    assert math.isclose(gamma, 0.6) and math.isclose(cost, 0.2)
+    # orthogonal unit vectors: the midpoint, norm^2 1/2
+    assert min_norm_2(1.0, 0.0, 1.0) == (0.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        # orthogonal gradients of norms 1, 2, 3: w_t proportional to 1 / ||g_t||^2
+        ([[1, 0, 0], [0, 2, 0], [0, 0, 3]], [36 / 49, 9 / 49, 4 / 49]),
+        # g1 = (0.1, 0) has g1.g_t >= ||g1||^2 for all t: the vertex e1 is the min-norm point
+        ([[0.1, 0, 0], [1, 1, 0], [1, -1, 0]], [1.0, 0.0, 0.0]),
+        # e1, e2, e3 and (1, 1, 1): min-norm point of the first three (1/3 each), outside
+        # which (1, 1, 1) . d = 1 >= 1/3: the 4th task has weight 0
+        ([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]], [1 / 3, 1 / 3, 1 / 3, 0.0]),
+        # the best pair (e1, e2 at 1/2) is not optimal: e3 and e4 = -(e1 + e2) / 2 join;
+        # d = 0 is reachable (w = (1/4, 1/4, 0, 1/2)), so any w with w^T G = 0 is optimal
+        ([[1, 0, 0], [0, 1, 0], [0, 0, 1], [-0.5, -0.5, 0]], [0.25, 0.25, 0.0, 0.5]),
+    ],
+)
+def test_min_norm_weights_known_min_norm_points(rows: list[list[float]],
+                                                 expected: list[float]) -> None:
+    """The min-norm point of the convex hull of the gradients (MGDA), by hand: for orthogonal
+    gradients ``w_t = (1 / ||g_t||^2) / sum_j 1 / ||g_j||^2``; a vertex when the others lie
+    beyond it; a face when the remaining gradients lie beyond that face's min-norm point."""
+    g = np.array(rows, dtype=np.float64)
+    w = min_norm_weights(g @ g.T)
+    np.testing.assert_allclose(w, expected, atol=1e-9)
+    # optimality certificate (KKT on the simplex): (M w)_t >= w^T M w for every task
+    m = g @ g.T
+    assert (m @ w >= w @ m @ w - 1e-9).all()
+
+
+def _box_qp_kkt(m: np.ndarray, lower: np.ndarray, v: np.ndarray) -> None:
+    """KKT conditions of ``min v^T M v s.t. v >= u`` (convex: they certify the optimum):
+    ``v >= u``, multipliers ``(M v)_j >= 0`` and ``(M v)_j (v_j - u_j) = 0``."""
+    mv = v @ m  # [R, K] (M symmetric)
+    tol = 1e-7 * (1.0 + np.abs(mv).max())
+    assert (v >= lower - 1e-12).all()
+    assert (mv >= -tol).all()
+    np.testing.assert_allclose(mv * (v - lower), 0.0, atol=tol)
+
+
+@pytest.mark.parametrize("k", [5, 7])
+def test_box_qp_satisfies_its_kkt_conditions_exact_and_gauss_seidel(k: int) -> None:
+    """K = 5 takes the active-set enumeration, K = 7 projected Gauss-Seidel; both must meet
+    the KKT conditions, for the rows UPGrad uses (u = e_i / K) and for random bounds."""
+    rng = np.random.default_rng(k)
+    g = rng.standard_normal((k, 4))  # K > dim: a singular Gram matrix
+    m = g @ g.T
+    for lower in (np.eye(k) / k, rng.standard_normal((3, k))):
+        _box_qp_kkt(m, lower, box_qp(m, lower))
+
+
+def test_box_qp_diagonal_gram_and_zero_gram() -> None:
+    """Orthogonal gradients (diagonal ``M``): the problem separates, ``v_j = max(u_j, 0)``,
+    on both paths (K = 3 and K = 8); a zero Gram matrix returns the bounds themselves."""
+    for k in (3, 8):
+        m = np.diag(np.arange(1.0, k + 1.0))
+        lower = np.linspace(-1.0, 1.0, 2 * k).reshape(2, k)
+        np.testing.assert_allclose(box_qp(m, lower), np.maximum(lower, 0.0), atol=1e-9)
+        zero = box_qp(np.zeros((k, k)), lower)
+        np.testing.assert_array_equal(zero, lower)
+        assert zero is not lower  # a copy: the caller's bounds are not aliased
+
+
+def test_nash_weights_known_solutions() -> None:
+    """Navon et al. 2022, Eq. (2) ``alpha_t (G G^T alpha)_t = 1``: orthogonal gradients give
+    ``alpha_t = 1 / ||g_t||``; two unit gradients with cosine c give ``1 / sqrt(1 + c)`` each;
+    a zero gradient gets 0; opposite gradients have no solution (Pareto-stationary)."""
+    from mtl.weighting._solvers import nash_weights
+
+    alpha, reason = nash_weights(np.diag([1.0, 4.0, 100.0]))  # norms 1, 2, 10
+    assert reason == ""
+    np.testing.assert_allclose(alpha, [1.0, 0.5, 0.1], rtol=1e-6)
+    for c in (0.5, -0.5, -0.9):
+        alpha, reason = nash_weights(np.array([[1.0, c], [c, 1.0]]))
+        assert reason == ""
+        np.testing.assert_allclose(alpha, np.full(2, 1 / math.sqrt(1 + c)), rtol=1e-6)
+    # scaled Gram (norms 3 and 3, cosine 0.5): alpha scales as 1 / norm
+    alpha, _ = nash_weights(9.0 * np.array([[1.0, 0.5], [0.5, 1.0]]))
+    np.testing.assert_allclose(alpha, np.full(2, 1 / (3 * math.sqrt(1.5))), rtol=1e-6)
+    alpha, reason = nash_weights(np.diag([4.0, 0.0]))  # task 1 has a zero gradient
+    assert reason == ""
+    np.testing.assert_allclose(alpha, [0.5, 0.0], rtol=1e-6)
+    alpha, reason = nash_weights(np.zeros((2, 2)))
+    assert reason == "" and alpha is not None and (alpha == 0.0).all()
+    alpha, reason = nash_weights(np.array([[1.0, -1.0], [-1.0, 1.0]]))
+    assert alpha is None and "Pareto-stationary" in reason
 
 
 # ---------------------------------------------------------------------------------- backends
