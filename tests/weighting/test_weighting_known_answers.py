@@ -477,10 +477,14 @@ def test_nash_weights_known_solutions() -> None:
     alpha, reason = nash_weights(np.diag([1.0, 4.0, 100.0]))  # norms 1, 2, 10
     assert reason == ""
     np.testing.assert_allclose(alpha, [1.0, 0.5, 0.1], rtol=1e-6)
-    for c in (0.5, -0.5, -0.9):
+    for c in (0.5, -0.5, -0.9, -1.0 + 1e-6):  # the last: nearly opposite, alpha = 1000
         alpha, reason = nash_weights(np.array([[1.0, c], [c, 1.0]]))
         assert reason == ""
         np.testing.assert_allclose(alpha, np.full(2, 1 / math.sqrt(1 + c)), rtol=1e-6)
+    # tiny gradients (norms 1e-15 .. 1e-14) are not mistaken for zero ones: alpha = 1 / norm
+    alpha, reason = nash_weights(1e-30 * np.diag([1.0, 4.0, 100.0]))
+    assert reason == ""
+    np.testing.assert_allclose(alpha, [1e15, 0.5e15, 0.1e15], rtol=1e-6)
     # scaled Gram (norms 3 and 3, cosine 0.5): alpha scales as 1 / norm
     alpha, _ = nash_weights(9.0 * np.array([[1.0, 0.5], [0.5, 1.0]]))
     np.testing.assert_allclose(alpha, np.full(2, 1 / (3 * math.sqrt(1.5))), rtol=1e-6)
