@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from mtl.weighting import create_weighting
@@ -178,6 +179,51 @@ def test_gradvac_two_steps_and_an_absent_task() -> None:
     expected = 0.99 * 0.01 * phi + 0.01 / math.sqrt(2)
     torch.testing.assert_close(rho[0, 1], torch.tensor(expected, dtype=F64))
     assert float(rho[2].abs().sum() + rho[:, 2].abs().sum()) == 0.0
+
+
+def test_gradvac_moves_the_cosine_to_a_nonzero_target() -> None:
+    """Wang et al. 2021, Eq. 5: below its target ``t`` the cosine is raised to it by
+    ``g_i' = g_i + ||g_i|| (t sqrt(1 - phi^2) - phi sqrt(1 - t^2)) / (||g_j|| sqrt(1 - t^2))
+    g_j``. beta = 1 makes the target the last measured cosine: step 1 at 45 degrees sets
+    t = 1/sqrt(2); step 2 has orthogonal unit gradients (phi = 0): g_i' = g_i + g_j, whose
+    cosine with g_j is t again; d = 2 (g1 + g2). Unit gradients at 120 degrees (phi = -1/2)
+    instead: the coefficient is (t sqrt(3)/2 + 1/2 t) / t = (1 + sqrt(3)) / 2 (check:
+    g1 + (1 + sqrt(3))/2 g2 = (0.317, 1.183) has cosine 1/sqrt(2) with g2)."""
+    ones = torch.ones(2, dtype=F64)
+    sin120 = math.sqrt(3) / 2
+    for g_second, coef in ((torch.eye(2, dtype=F64), 1.0),
+                           (torch.tensor([[1.0, 0.0], [-0.5, sin120]], dtype=F64),
+                            (1 + math.sqrt(3)) / 2)):
+        m = create_weighting("gradvac", 2, beta=1.0)
+        m.aggregate(torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=F64), ones, _mask(1, 1))
+        target = torch.tensor([[0.0, 0.5**0.5], [0.5**0.5, 0.0]], dtype=F64)
+        torch.testing.assert_close(m.rho, target)  # type: ignore[attr-defined]
+        d, w = m.aggregate(g_second, ones, _mask(1, 1))
+        torch.testing.assert_close(w, torch.full((2,), 1.0 + coef, dtype=F64))
+        torch.testing.assert_close(d, (1.0 + coef) * g_second.sum(0))
+
+
+def test_gradvac_every_pair_in_any_order_in_float64() -> None:
+    """At target 0 GradVac is PCGrad's projection, ``g_i' = g_i - (g_i.g_j / ||g_j||^2) g_j``
+    for a conflicting pair. g1 = (1, 0, 0), g2 = (-1, 1, 0) conflict, g3 = (0, 0, 1) is
+    orthogonal to both: d = (g1 + g2 / 2) + (g2 + g1) + g3, weights (2, 1.5, 1), whatever the
+    random order of the pairs (8 seeds). g1 = (1, 0), g2 = (-1, 3): weights (1 + 1, 1 + 0.1),
+    exact in float64 (0.1 is not a float32 number)."""
+    g = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=F64)
+    for seed in range(8):
+        torch.manual_seed(seed)
+        d, w = create_weighting("gradvac", 3).aggregate(g, torch.ones(3, dtype=F64), _mask(1, 1, 1))
+        torch.testing.assert_close(w, torch.tensor([2.0, 1.5, 1.0], dtype=F64), msg=f"seed {seed}")
+        torch.testing.assert_close(d, torch.tensor([0.5, 1.5, 1.0], dtype=F64))
+    g2 = torch.tensor([[1.0, 0.0], [-1.0, 3.0]], dtype=F64)
+    _, w2 = create_weighting("gradvac", 2).aggregate(g2, torch.ones(2, dtype=F64), _mask(1, 1))
+    torch.testing.assert_close(w2, torch.tensor([2.0, 1.1], dtype=F64), atol=1e-13, rtol=0.0)
+    # beta is a rate in [0, 1], both ends included (0: fixed targets, 1: the last cosine)
+    for beta in (0.0, 1.0):
+        assert create_weighting("gradvac", 2, beta=beta).beta == beta  # type: ignore[attr-defined]
+    for beta in (-0.1, 1.1):
+        with pytest.raises(ValueError, match=r"gradvac beta must be in \[0, 1\], got"):
+            create_weighting("gradvac", 2, beta=beta)
 
 
 # ---------------------------------------------------------------------------------- GradNorm
