@@ -281,6 +281,52 @@ def test_db_mtl_ema_over_steps_with_an_absent_task() -> None:
     torch.testing.assert_close(m.steps, torch.tensor([3.0, 2.0], dtype=F64))  # type: ignore[attr-defined]
 
 
+def test_db_mtl_weights_head_scales_edge_cases_and_state() -> None:
+    """Lin et al. 2023: the logged weight of task t is (max_j ||h_j|| / ||h_t||) / (L_t +
+    eps) and the heads get 1 / (L_t + eps) (the log-loss gradient). By hand, first step
+    (h = 0.1 g / L): g = (4, 0), (0, 1), L = (2, 0.5): ||h|| = (0.2, 0.2), weights (1/2, 2).
+    A zero gradient gets weight 0; a zero loss a positive 1 / eps; no task present returns a
+    zero direction of the gradient's size; the EMA follows the gradients' dtype; the state
+    round-trips before the first step (no buffer) and after."""
+    g = torch.tensor([[4.0, 0.0], [0.0, 1.0]], dtype=F64)
+    m = create_weighting("db_mtl", 2)
+    d, w = m.aggregate(g, torch.tensor([2.0, 0.5], dtype=F64), _mask(1, 1))
+    torch.testing.assert_close(w, torch.tensor([0.5, 2.0], dtype=F64))
+    torch.testing.assert_close(d, torch.tensor([0.2, 0.2], dtype=F64))
+    torch.testing.assert_close(m.head_scales(torch.tensor([2.0, 0.0]), _mask(1, 1)),  # type: ignore[operator]
+                               torch.tensor([0.5, 1e8]))
+    # float32 losses, float64 gradients: 1 / (L + eps) at float64 precision (unit gradients:
+    # ||h_t|| = 0.1 / (L_t + eps), so every weight is max_j 1 / (L_j + eps))
+    loss32 = torch.tensor([0.3, 0.7], dtype=torch.float32)
+    _, w32 = create_weighting("db_mtl", 2).aggregate(torch.eye(2, dtype=F64), loss32, _mask(1, 1))
+    top = 1.0 / (float(loss32[0]) + 1e-8)
+    torch.testing.assert_close(w32, torch.tensor([top, top], dtype=F64), rtol=1e-13, atol=0.0)
+    # a zero gradient: weight 0 (not max / 1e-30); a zero loss: h and its weight stay positive
+    m0 = create_weighting("db_mtl", 2)
+    d0, w0 = m0.aggregate(torch.tensor([[3.0, 0.0], [0.0, 0.0]], dtype=F64),
+                          torch.tensor([0.0, 1.0], dtype=F64), _mask(1, 1))
+    torch.testing.assert_close(w0, torch.tensor([1e8, 0.0], dtype=F64))
+    torch.testing.assert_close(d0, torch.tensor([0.1 * 3.0 / 1e-8, 0.0], dtype=F64))
+    # no task present: a zero direction of size P
+    dn, wn = create_weighting("db_mtl", 2).aggregate(torch.ones(2, 5, dtype=F64),
+                                                     torch.ones(2, dtype=F64), _mask(0, 0))
+    assert dn.shape == (5,) and not dn.any() and not wn.any()
+    # the gradients' dtype changes (model.double()): the EMA follows it
+    md = create_weighting("db_mtl", 2)
+    md.aggregate(g.float(), torch.ones(2), _mask(1, 1))
+    dd, _ = md.aggregate(g, torch.ones(2, dtype=F64), _mask(1, 1))
+    assert dd.dtype == F64
+    # state before the first step (no buffer) and after
+    fresh = create_weighting("db_mtl", 2)
+    fresh.load_state_dict(create_weighting("db_mtl", 2).state_dict())
+    assert fresh.grad_buffer is None  # type: ignore[attr-defined]
+    fresh.set_extra_state(None)
+    assert fresh.grad_buffer is None  # type: ignore[attr-defined]
+    fresh.load_state_dict(m.state_dict())
+    torch.testing.assert_close(fresh.grad_buffer, m.grad_buffer)  # type: ignore[attr-defined]
+    assert fresh.grad_buffer is not m.grad_buffer  # type: ignore[attr-defined]
+
+
 # ------------------------------------------------------------------------------ RLW and IMTL
 def test_rlw_draws_from_the_named_distribution() -> None:
     """Lin et al. 2022: w = softmax(w~), w~ ~ N(0, I) (default) or U(0, 1)."""
