@@ -97,6 +97,22 @@ def test_static_weights() -> None:
         torch.testing.assert_close(p.grad, g)
 
 
+def test_static_defaults_precision_and_refusals() -> None:
+    """No weights means all ones (``equal``); the weights are kept in float64 (0.1 exactly as
+    given, not float32's 0.100000001); a wrong count, a negative, NaN or infinite weight is
+    refused with a message naming what was expected and what was found."""
+    f64 = torch.float64
+    ones = torch.ones(3, dtype=f64)
+    torch.testing.assert_close(create_weighting("static", 3).weights(ones, ALL3), ones)
+    w = create_weighting("static", 2, weights=[0.1, 0.3]).weights(torch.ones(2, dtype=f64), ALL2)
+    assert w.tolist() == [0.1, 0.3]
+    with pytest.raises(ValueError, match="static weights: expected 3 values, got 2"):
+        create_weighting("static", 3, weights=[1.0, 2.0])
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"static weights must be finite and >= 0, got \["):
+            create_weighting("static", 2, weights=[1.0, bad])
+
+
 def test_uncertainty_objective_and_gradient() -> None:
     m = create_weighting("uncertainty", 2)
     losses = torch.tensor([2.0, 4.0], requires_grad=True)
