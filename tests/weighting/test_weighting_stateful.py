@@ -336,6 +336,8 @@ def test_rlw_draws_from_the_named_distribution() -> None:
         w = m.weights(torch.ones(4), torch.ones(4, dtype=torch.bool))
         torch.manual_seed(3)
         torch.testing.assert_close(w, torch.softmax(draw(4), 0))
+    with pytest.raises(ValueError, match=r"rlw distribution must be normal\|uniform, got 'gauss'"):
+        create_weighting("rlw", 2, distribution="gauss")
 
 
 def test_imtl_l_scales_and_their_gradient() -> None:
