@@ -143,6 +143,19 @@ def test_gls_is_the_geometric_mean_gradient() -> None:
     torch.testing.assert_close(g, gm / (3 * losses.detach()))
 
 
+def test_gls_over_the_present_tasks_only() -> None:
+    """The geometric mean is over the K present losses: (1, 4, absent 16) -> GM = 2, K = 2,
+    weights GM / (K L_t) = (1, 1/4, 0); one present task -> GM = L, weight 1."""
+    m = create_weighting("gls", 3)
+    losses = torch.tensor([1.0, 4.0, 16.0])
+    total, w = m.objective(losses, torch.tensor([True, True, False]))
+    torch.testing.assert_close(w, torch.tensor([1.0, 0.25, 0.0]))
+    torch.testing.assert_close(total, torch.tensor(2.0))
+    total1, w1 = m.objective(losses, torch.tensor([False, True, False]))
+    torch.testing.assert_close(w1, torch.tensor([0.0, 1.0, 0.0]))
+    torch.testing.assert_close(total1, torch.tensor(4.0))
+
+
 def test_rlw_is_reproducible_and_on_the_simplex() -> None:
     m = create_weighting("rlw", 3)
     torch.manual_seed(5)
