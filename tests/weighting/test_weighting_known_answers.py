@@ -113,6 +113,14 @@ def test_static_defaults_precision_and_refusals() -> None:
             create_weighting("static", 2, weights=[1.0, bad])
 
 
+def test_uncertainty_forms_are_kept_and_only_log_vars_are_state() -> None:
+    """The chosen forms are recorded; the per-task factor (1/2 or 1) follows from them, so a
+    checkpoint holds only the learnt log-variances (checkpoints of either form load)."""
+    m = create_weighting("uncertainty", 2, forms=["regression", "classification"])
+    assert m.forms == ("regression", "classification")  # type: ignore[attr-defined]
+    assert set(m.state_dict()) == {"log_vars"}
+
+
 def test_uncertainty_objective_and_gradient() -> None:
     m = create_weighting("uncertainty", 2)
     losses = torch.tensor([2.0, 4.0], requires_grad=True)
