@@ -257,6 +257,15 @@ def test_pcgrad_projects_conflicting_gradients() -> None:
     torch.testing.assert_close(d2, torch.tensor([2.0, 1.0]))
 
 
+def test_pcgrad_coefficients_in_float64() -> None:
+    """g1 = (1, 0), g2 = (-1, 3): g1' = g1 - (g1.g2 / ||g2||^2) g2 = g1 + 0.1 g2, g2' = g2 + g1:
+    weights (2, 1.1) to float64 precision (0.1 is not a float32 number)."""
+    g = torch.tensor([[1.0, 0.0], [-1.0, 3.0]], dtype=torch.float64)
+    _, w = _agg("pcgrad", g)
+    torch.testing.assert_close(w, torch.tensor([2.0, 1.1], dtype=torch.float64), atol=1e-13,
+                               rtol=0.0)
+
+
 def test_cagrad_c0_is_the_mean_gradient() -> None:
     torch.manual_seed(2)
     for t in (2, 3):
@@ -409,6 +418,18 @@ def test_graddrop_keeps_agreeing_signs() -> None:
     d, w = _agg("graddrop", g)
     torch.testing.assert_close(d, g.sum(0))  # no sign conflict: nothing dropped
     torch.testing.assert_close(w, torch.ones(2))
+
+
+def test_graddrop_one_task_keeps_its_gradient_and_none_gives_zero() -> None:
+    """With one task every sign is pure (P = 1 or 0 agrees with the gradient): nothing is
+    dropped, d = g, weight 1; with no task present d is a zero vector of the gradient size."""
+    g = torch.tensor([[1.0, -2.0, 3.0], [5.0, 5.0, 5.0]])
+    m = create_weighting("graddrop", 2)
+    d, w = m.aggregate(g, torch.ones(2), torch.tensor([True, False]))
+    torch.testing.assert_close(d, g[0])
+    torch.testing.assert_close(w, torch.tensor([1.0, 0.0]))
+    d0, w0 = m.aggregate(g, torch.ones(2), torch.tensor([False, False]))
+    assert d0.shape == (3,) and not d0.any() and not w0.any()
 
 
 def test_gradnorm_balances_the_gradient_norms() -> None:
