@@ -432,6 +432,35 @@ def test_graddrop_one_task_keeps_its_gradient_and_none_gives_zero() -> None:
     assert d0.shape == (3,) and not d0.any() and not w0.any()
 
 
+def test_graddrop_mixed_purity_zero_activation_and_zero_sum() -> None:
+    """Chen et al. 2020, Alg. 1 on the representation z [B=2, F=2] = [[1, 0], [-1, 2]]
+    (one ReLU-style zero). Task gradients per (sample, feature) g0 = [2, 5, -1, -1],
+    g1 = [-1, 7, 3, 0]: sign-weighted sums S_0 = (3, -1), S_1 = (-4, 0). Feature 0: purity
+    (1 - 1/7) / 2 = 3/7, positive (task 0 kept) iff u < 3/7, else task 1 kept; feature 1:
+    purity 0, negative: task 0 (S = -1) kept, task 1 (S = 0, no sign) dropped. u is the
+    per-feature uniform draw from torch's RNG, so each seed's outcome is known; both
+    outcomes occur over the seeds."""
+    f64 = torch.float64
+    z = torch.tensor([[1.0, 0.0], [-1.0, 2.0]], dtype=f64)
+    g = torch.tensor([[2.0, 5.0, -1.0, -1.0], [-1.0, 7.0, 3.0, 0.0]], dtype=f64)
+    m = create_weighting("graddrop", 2)
+    outcomes = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        positive = bool(torch.rand(2, dtype=f64)[0] < 3 / 7)
+        m.set_representation(z)
+        torch.manual_seed(seed)
+        d, w = m.aggregate(g, torch.ones(2, dtype=f64), ALL2)
+        if positive:  # feature 0 from task 0, feature 1 from task 0
+            exp_d, exp_w = [2.0, 5.0, -1.0, -1.0], [1.0, 0.0]
+        else:  # feature 0 from task 1 (|-1| + |3| of its L1 mass 11)
+            exp_d, exp_w = [-1.0, 5.0, 3.0, -1.0], [6 / 9, 4 / 11]
+        torch.testing.assert_close(d, torch.tensor(exp_d, dtype=f64), msg=f"seed {seed}")
+        torch.testing.assert_close(w, torch.tensor(exp_w, dtype=f64), msg=f"seed {seed}")
+        outcomes.add(positive)
+    assert outcomes == {True, False}
+
+
 def test_gradnorm_balances_the_gradient_norms() -> None:
     m = create_weighting("gradnorm", 2, alpha=0.0, lr=0.05)
     g = torch.tensor([[10.0, 0.0], [0.0, 1.0]])
