@@ -430,6 +430,10 @@ def test_graddrop_one_task_keeps_its_gradient_and_none_gives_zero() -> None:
     torch.testing.assert_close(w, torch.tensor([1.0, 0.0]))
     d0, w0 = m.aggregate(g, torch.ones(2), torch.tensor([False, False]))
     assert d0.shape == (3,) and not d0.any() and not w0.any()
+    # a present task with a zero gradient keeps none of it: weight 0 (no L1 mass to keep)
+    dz, wz = m.aggregate(torch.cat([g[:1], torch.zeros(1, 3)]), torch.ones(2), ALL2)
+    torch.testing.assert_close(dz, g[0])
+    torch.testing.assert_close(wz, torch.tensor([1.0, 0.0]))
 
 
 def test_graddrop_mixed_purity_zero_activation_and_zero_sum() -> None:
