@@ -430,6 +430,12 @@ def test_graddrop_one_task_keeps_its_gradient_and_none_gives_zero() -> None:
     torch.testing.assert_close(w, torch.tensor([1.0, 0.0]))
     d0, w0 = m.aggregate(g, torch.ones(2), torch.tensor([False, False]))
     assert d0.shape == (3,) and not d0.any() and not w0.any()
+    # leak is a fraction in [0, 1], both ends included (1: nothing is dropped)
+    d1, _ = create_weighting("graddrop", 2, leak=1.0).aggregate(g, torch.ones(2), ALL2)
+    torch.testing.assert_close(d1, g.sum(0))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"graddrop leak must be in \[0, 1\], got"):
+            create_weighting("graddrop", 2, leak=bad)
     # a present task with a zero gradient keeps none of it: weight 0 (no L1 mass to keep)
     dz, wz = m.aggregate(torch.cat([g[:1], torch.zeros(1, 3)]), torch.ones(2), ALL2)
     torch.testing.assert_close(dz, g[0])
