@@ -413,6 +413,24 @@ def test_aligned_mtl_orthogonal_equal_norms_is_the_sum() -> None:
     torch.testing.assert_close(d2, torch.tensor([1.0, 1.0], dtype=torch.float64))
 
 
+def test_aligned_mtl_keeps_a_small_true_eigenvalue_at_large_p() -> None:
+    """Rank 2 in float32 at P = 1e6 (g3 = g1 + g2, ||g2|| = ||g1|| / 10): the true small
+    eigenvalue is ~7.5e-3 of the largest, far above the documented threshold max(K eps32,
+    sqrt(P) eps32) = 1.2e-4, so it is kept: the weights are the rank-2 solution of Senushkin
+    et al. 2023 (Alg. 1) computed in float64 (to the float32 Gram matrix's precision, ~1e-3
+    here). A threshold growing like P (0.06-0.12 here) would drop it."""
+    torch.manual_seed(0)
+    g = torch.randn(2, 1_000_000)
+    g[1] *= 0.1
+    grads = torch.cat([g, (g[0] + g[1])[None]])  # [3, P] float32
+    exact = grads.double()
+    lam, vec = torch.linalg.eigh(exact @ exact.T)
+    lam, vec = lam[1:], vec[:, 1:]  # the true rank is 2
+    expected = (lam.min().sqrt() * (vec / lam.sqrt()) @ vec.T).sum(0)
+    _, w = _agg("aligned_mtl", grads)
+    torch.testing.assert_close(w.double(), expected, atol=0.0, rtol=5e-3)
+
+
 def test_graddrop_keeps_agreeing_signs() -> None:
     g = torch.tensor([[1.0, 2.0, -1.0], [3.0, 1.0, -2.0]])
     d, w = _agg("graddrop", g)
