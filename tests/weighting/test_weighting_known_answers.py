@@ -413,6 +413,26 @@ def test_aligned_mtl_orthogonal_equal_norms_is_the_sum() -> None:
     torch.testing.assert_close(d2, torch.tensor([1.0, 1.0], dtype=torch.float64))
 
 
+def test_aligned_mtl_weights_from_a_gram_matrix_directly() -> None:
+    """``weights_from_gram`` called on a Gram matrix (no gradients, so float32's K eps is the
+    rank threshold): diag(9, 1) -> B = diag(1/3, 1), weights (1/3, 1) (Senushkin et al.
+    2023, Alg. 1), also with an explicit ``eps_rank``; [[1, 1], [1, 1 + 1e-9]] has rank 1
+    at that threshold: B = v v^T with v = (1, 1) / sqrt(2), weights (1, 1); a zero Gram
+    matrix gives zero weights."""
+    f64 = torch.float64
+    tasks = torch.arange(2)
+    ones = torch.ones(2, dtype=f64)
+    for hp in ({}, {"eps_rank": 1e-3}):
+        m = create_weighting("aligned_mtl", 2, **hp)
+        w = m.weights_from_gram(torch.tensor([[9.0, 0.0], [0.0, 1.0]], dtype=f64), ones, tasks)  # type: ignore[attr-defined]
+        torch.testing.assert_close(w, torch.tensor([1 / 3, 1.0], dtype=f64))
+    m = create_weighting("aligned_mtl", 2)
+    near = torch.tensor([[1.0, 1.0], [1.0, 1.0 + 1e-9]], dtype=f64)
+    torch.testing.assert_close(m.weights_from_gram(near, ones, tasks), ones, atol=1e-6, rtol=0.0)  # type: ignore[attr-defined]
+    torch.testing.assert_close(m.weights_from_gram(torch.zeros(2, 2, dtype=f64), ones, tasks),  # type: ignore[attr-defined]
+                               torch.zeros(2, dtype=f64))
+
+
 def test_aligned_mtl_keeps_a_small_true_eigenvalue_at_large_p() -> None:
     """Rank 2 in float32 at P = 1e6 (g3 = g1 + g2, ||g2|| = ||g1|| / 10): the true small
     eigenvalue is ~7.5e-3 of the largest, far above the documented threshold max(K eps32,
