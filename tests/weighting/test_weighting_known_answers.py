@@ -394,6 +394,24 @@ def test_imtl_g_equal_projections() -> None:
     torch.testing.assert_close(w.sum(), torch.tensor(1.0, dtype=torch.float64))
 
 
+def test_imtl_g_on_the_imtl_l_scaled_gradients() -> None:
+    """IMTL (Liu et al. 2021): IMTL-G runs on the scaled gradients e^s_t g_t. With s =
+    (log 2, 0), g = (1, 0), (1, 1): alpha (summing to 1) over g' = (2, 0), (1, 1) gives d with
+    equal projections on the unit gradients: d = a (2, 0) + (1 - a)(1, 1) = (1 + a, 1 - a),
+    d.u1 = 1 + a, d.u2 = sqrt(2): a = sqrt(2) - 1; the returned weights are alpha e^s (the
+    factors on the raw gradients): (2 a, 1 - a)."""
+    f64 = torch.float64
+    g = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=f64)
+    m = create_weighting("imtl", 2)
+    with torch.no_grad():
+        m.loss_scale.copy_(torch.tensor([math.log(2.0), 0.0]))  # type: ignore[operator]
+    d, w = m.aggregate(g, torch.ones(2, dtype=f64), ALL2)
+    a = math.sqrt(2) - 1
+    torch.testing.assert_close(w, torch.tensor([2 * a, 1 - a], dtype=f64))
+    u = g / g.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(u[0] @ d, u[1] @ d)
+
+
 def test_nash_mtl_solves_the_bargaining_equation() -> None:
     torch.manual_seed(6)
     g = torch.randn(3, 12, dtype=torch.float64) + 0.5
