@@ -226,6 +226,10 @@ def test_mgda_l2_with_a_zero_gradient_and_a_bad_normalization() -> None:
     """A zero gradient puts the origin in the convex hull: the min-norm point is d = 0
     (Pareto-stationary), with finite zero weights (its 1 / ||g|| is not taken: no inf/NaN);
     an unknown normalisation is refused."""
+    # norms below 1 (0.2, 0.1): unit gradients, w = (1/2, 1/2), weights w / n = (2.5, 5)
+    small = torch.tensor([[0.2, 0.0], [0.0, 0.1]], dtype=torch.float64)
+    torch.testing.assert_close(_agg("mgda", small, normalization="l2")[1],
+                               torch.tensor([2.5, 5.0], dtype=torch.float64))
     g = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=torch.float64)
     d, w = _agg("mgda", g, normalization="l2")
     torch.testing.assert_close(w, torch.zeros(2, dtype=torch.float64))
@@ -363,6 +367,21 @@ def test_upgrad_with_conflict_is_non_conflicting() -> None:
         d, w = _agg("upgrad", g)
         assert (g @ d >= -1e-7).all(), g @ d
         assert (w >= 1 / t - 1e-9).all()  # each projection only adds to its own lower bound
+
+
+def test_upgrad_preference_weights() -> None:
+    """Quinton & Rey 2024: UPGrad projects p_i g_i; without conflict each p_i g_i is already in
+    the dual cone, so the weights are the preference itself, indexed by task (an absent task
+    takes its preference with it); a preference of the wrong length is refused."""
+    f64 = torch.float64
+    g = torch.eye(3, dtype=f64)  # orthogonal: no conflict
+    m = create_weighting("upgrad", 3, pref=[0.1, 0.3, 0.6])
+    _, w = m.aggregate(g, torch.ones(3, dtype=f64), ALL3)
+    torch.testing.assert_close(w, torch.tensor([0.1, 0.3, 0.6], dtype=f64))
+    _, w2 = m.aggregate(g, torch.ones(3, dtype=f64), torch.tensor([True, False, True]))
+    torch.testing.assert_close(w2, torch.tensor([0.1, 0.0, 0.6], dtype=f64))
+    with pytest.raises(ValueError, match="upgrad pref: expected 3 values, got 2"):
+        create_weighting("upgrad", 3, pref=[0.5, 0.5])
 
 
 def test_box_qp_enumeration_and_gauss_seidel_agree() -> None:
