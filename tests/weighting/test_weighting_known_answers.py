@@ -97,6 +97,30 @@ def test_static_weights() -> None:
         torch.testing.assert_close(p.grad, g)
 
 
+def test_static_defaults_precision_and_refusals() -> None:
+    """No weights means all ones (``equal``); the weights are kept in float64 (0.1 exactly as
+    given, not float32's 0.100000001); a wrong count, a negative, NaN or infinite weight is
+    refused with a message naming what was expected and what was found."""
+    f64 = torch.float64
+    ones = torch.ones(3, dtype=f64)
+    torch.testing.assert_close(create_weighting("static", 3).weights(ones, ALL3), ones)
+    w = create_weighting("static", 2, weights=[0.1, 0.3]).weights(torch.ones(2, dtype=f64), ALL2)
+    assert w.tolist() == [0.1, 0.3]
+    with pytest.raises(ValueError, match="static weights: expected 3 values, got 2"):
+        create_weighting("static", 3, weights=[1.0, 2.0])
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"static weights must be finite and >= 0, got \["):
+            create_weighting("static", 2, weights=[1.0, bad])
+
+
+def test_uncertainty_forms_are_kept_and_only_log_vars_are_state() -> None:
+    """The chosen forms are recorded; the per-task factor (1/2 or 1) follows from them, so a
+    checkpoint holds only the learnt log-variances (checkpoints of either form load)."""
+    m = create_weighting("uncertainty", 2, forms=["regression", "classification"])
+    assert m.forms == ("regression", "classification")  # type: ignore[attr-defined]
+    assert set(m.state_dict()) == {"log_vars"}
+
+
 def test_uncertainty_objective_and_gradient() -> None:
     m = create_weighting("uncertainty", 2)
     losses = torch.tensor([2.0, 4.0], requires_grad=True)
@@ -125,6 +149,19 @@ def test_gls_is_the_geometric_mean_gradient() -> None:
     gm = (1.0 * 4.0 * 2.0) ** (1 / 3)
     torch.testing.assert_close(total.detach(), torch.tensor(gm))
     torch.testing.assert_close(g, gm / (3 * losses.detach()))
+
+
+def test_gls_over_the_present_tasks_only() -> None:
+    """The geometric mean is over the K present losses: (1, 4, absent 16) -> GM = 2, K = 2,
+    weights GM / (K L_t) = (1, 1/4, 0); one present task -> GM = L, weight 1."""
+    m = create_weighting("gls", 3)
+    losses = torch.tensor([1.0, 4.0, 16.0])
+    total, w = m.objective(losses, torch.tensor([True, True, False]))
+    torch.testing.assert_close(w, torch.tensor([1.0, 0.25, 0.0]))
+    torch.testing.assert_close(total, torch.tensor(2.0))
+    total1, w1 = m.objective(losses, torch.tensor([False, True, False]))
+    torch.testing.assert_close(w1, torch.tensor([0.0, 1.0, 0.0]))
+    torch.testing.assert_close(total1, torch.tensor(4.0))
 
 
 def test_rlw_is_reproducible_and_on_the_simplex() -> None:
@@ -162,6 +199,45 @@ def test_mgda_two_task_closed_form() -> None:
     assert abs(float(d @ (g[0] - g[1]))) < 1e-12
 
 
+@pytest.mark.parametrize(
+    ("normalization", "expected"),
+    [
+        # g1 = (2, 0), g2 = (0, 1), losses (2, 4); n_t the normalisation, w the min-norm
+        # weights of the orthogonal g_t / n_t (w_t proportional to n_t^2 / ||g_t||^2), the
+        # returned weights w_t / n_t.
+        ("none", [0.2, 0.8]),  # n = (1, 1): w proportional to (1/4, 1)
+        ("l2", [0.25, 0.5]),  # n = (2, 1): unit gradients, w = (1/2, 1/2)
+        ("loss", [1 / 34, 4 / 17]),  # n = (2, 4): w proportional to (1, 16)
+        ("loss+", [0.05, 0.2]),  # n = (4, 4): w proportional to (4, 16)
+    ],
+)
+def test_mgda_normalizations_of_the_papers_code(normalization: str,
+                                                  expected: list[float]) -> None:
+    """Sener & Koltun's code normalises the gradients by 1, ||g||, L or L ||g|| before the
+    min-norm solve; the weights apply to the raw gradients (w_t / n_t). Worked by hand."""
+    g = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    m = create_weighting("mgda", 2, normalization=normalization)
+    d, w = m.aggregate(g, torch.tensor([2.0, 4.0], dtype=torch.float64), ALL2)
+    torch.testing.assert_close(w, torch.tensor(expected, dtype=torch.float64))
+    torch.testing.assert_close(d, w @ g)
+
+
+def test_mgda_l2_with_a_zero_gradient_and_a_bad_normalization() -> None:
+    """A zero gradient puts the origin in the convex hull: the min-norm point is d = 0
+    (Pareto-stationary), with finite zero weights (its 1 / ||g|| is not taken: no inf/NaN);
+    an unknown normalisation is refused."""
+    # norms below 1 (0.2, 0.1): unit gradients, w = (1/2, 1/2), weights w / n = (2.5, 5)
+    small = torch.tensor([[0.2, 0.0], [0.0, 0.1]], dtype=torch.float64)
+    torch.testing.assert_close(_agg("mgda", small, normalization="l2")[1],
+                               torch.tensor([2.5, 5.0], dtype=torch.float64))
+    g = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=torch.float64)
+    d, w = _agg("mgda", g, normalization="l2")
+    torch.testing.assert_close(w, torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(d, torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"mgda normalization must be one of .*'loss\+'"):
+        create_weighting("mgda", 2, normalization="L2")
+
+
 def test_mgda_frank_wolfe_matches_brute_force() -> None:
     torch.manual_seed(1)
     g = torch.randn(4, 6, dtype=torch.float64)
@@ -183,6 +259,15 @@ def test_pcgrad_projects_conflicting_gradients() -> None:
     torch.testing.assert_close(w, torch.tensor([2.0, 1.5], dtype=torch.float64))
     d2, _ = _agg("pcgrad", torch.tensor([[1.0, 0.0], [1.0, 1.0]]))  # no conflict: plain sum
     torch.testing.assert_close(d2, torch.tensor([2.0, 1.0]))
+
+
+def test_pcgrad_coefficients_in_float64() -> None:
+    """g1 = (1, 0), g2 = (-1, 3): g1' = g1 - (g1.g2 / ||g2||^2) g2 = g1 + 0.1 g2, g2' = g2 + g1:
+    weights (2, 1.1) to float64 precision (0.1 is not a float32 number)."""
+    g = torch.tensor([[1.0, 0.0], [-1.0, 3.0]], dtype=torch.float64)
+    _, w = _agg("pcgrad", g)
+    torch.testing.assert_close(w, torch.tensor([2.0, 1.1], dtype=torch.float64), atol=1e-13,
+                               rtol=0.0)
 
 
 def test_cagrad_c0_is_the_mean_gradient() -> None:
@@ -284,6 +369,21 @@ def test_upgrad_with_conflict_is_non_conflicting() -> None:
         assert (w >= 1 / t - 1e-9).all()  # each projection only adds to its own lower bound
 
 
+def test_upgrad_preference_weights() -> None:
+    """Quinton & Rey 2024: UPGrad projects p_i g_i; without conflict each p_i g_i is already in
+    the dual cone, so the weights are the preference itself, indexed by task (an absent task
+    takes its preference with it); a preference of the wrong length is refused."""
+    f64 = torch.float64
+    g = torch.eye(3, dtype=f64)  # orthogonal: no conflict
+    m = create_weighting("upgrad", 3, pref=[0.1, 0.3, 0.6])
+    _, w = m.aggregate(g, torch.ones(3, dtype=f64), ALL3)
+    torch.testing.assert_close(w, torch.tensor([0.1, 0.3, 0.6], dtype=f64))
+    _, w2 = m.aggregate(g, torch.ones(3, dtype=f64), torch.tensor([True, False, True]))
+    torch.testing.assert_close(w2, torch.tensor([0.1, 0.0, 0.6], dtype=f64))
+    with pytest.raises(ValueError, match="upgrad pref: expected 3 values, got 2"):
+        create_weighting("upgrad", 3, pref=[0.5, 0.5])
+
+
 def test_box_qp_enumeration_and_gauss_seidel_agree() -> None:
     torch.manual_seed(4)
     g = torch.randn(5, 8, dtype=torch.float64)
@@ -294,8 +394,11 @@ def test_box_qp_enumeration_and_gauss_seidel_agree() -> None:
 
     gs = lower.copy()
     for _ in range(20000):
+        before = gs.copy()
         for j in range(5):
             gs[:, j] = (gs[:, j] - (gs @ gram[:, j]) / gram[j, j]).clip(min=lower[:, j])
+        if np.abs(gs - before).max() <= 1e-15:  # converged (a fixed point of the sweep)
+            break
     torch.testing.assert_close(torch.from_numpy(exact), torch.from_numpy(gs), atol=1e-6, rtol=1e-5)
     assert s is not None
 
@@ -308,6 +411,24 @@ def test_imtl_g_equal_projections() -> None:
     proj = (g / g.norm(dim=1, keepdim=True)) @ d
     torch.testing.assert_close(proj, proj.mean().expand(3))
     torch.testing.assert_close(w.sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_imtl_g_on_the_imtl_l_scaled_gradients() -> None:
+    """IMTL (Liu et al. 2021): IMTL-G runs on the scaled gradients e^s_t g_t. With s =
+    (log 2, 0), g = (1, 0), (1, 1): alpha (summing to 1) over g' = (2, 0), (1, 1) gives d with
+    equal projections on the unit gradients: d = a (2, 0) + (1 - a)(1, 1) = (1 + a, 1 - a),
+    d.u1 = 1 + a, d.u2 = sqrt(2): a = sqrt(2) - 1; the returned weights are alpha e^s (the
+    factors on the raw gradients): (2 a, 1 - a)."""
+    f64 = torch.float64
+    g = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=f64)
+    m = create_weighting("imtl", 2)
+    with torch.no_grad():
+        m.loss_scale.copy_(torch.tensor([math.log(2.0), 0.0]))  # type: ignore[operator]
+    d, w = m.aggregate(g, torch.ones(2, dtype=f64), ALL2)
+    a = math.sqrt(2) - 1
+    torch.testing.assert_close(w, torch.tensor([2 * a, 1 - a], dtype=f64))
+    u = g / g.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(u[0] @ d, u[1] @ d)
 
 
 def test_nash_mtl_solves_the_bargaining_equation() -> None:
@@ -329,11 +450,100 @@ def test_aligned_mtl_orthogonal_equal_norms_is_the_sum() -> None:
     torch.testing.assert_close(d2, torch.tensor([1.0, 1.0], dtype=torch.float64))
 
 
+def test_aligned_mtl_weights_from_a_gram_matrix_directly() -> None:
+    """``weights_from_gram`` called on a Gram matrix (no gradients, so float32's K eps is the
+    rank threshold): diag(9, 1) -> B = diag(1/3, 1), weights (1/3, 1) (Senushkin et al.
+    2023, Alg. 1), also with an explicit ``eps_rank``; [[1, 1], [1, 1 + 1e-9]] has rank 1
+    at that threshold: B = v v^T with v = (1, 1) / sqrt(2), weights (1, 1); a zero Gram
+    matrix gives zero weights."""
+    f64 = torch.float64
+    tasks = torch.arange(2)
+    ones = torch.ones(2, dtype=f64)
+    for hp in ({}, {"eps_rank": 1e-3}):
+        m = create_weighting("aligned_mtl", 2, **hp)
+        w = m.weights_from_gram(torch.tensor([[9.0, 0.0], [0.0, 1.0]], dtype=f64), ones, tasks)  # type: ignore[attr-defined]
+        torch.testing.assert_close(w, torch.tensor([1 / 3, 1.0], dtype=f64))
+    m = create_weighting("aligned_mtl", 2)
+    near = torch.tensor([[1.0, 1.0], [1.0, 1.0 + 1e-9]], dtype=f64)
+    torch.testing.assert_close(m.weights_from_gram(near, ones, tasks), ones, atol=1e-6, rtol=0.0)  # type: ignore[attr-defined]
+    torch.testing.assert_close(m.weights_from_gram(torch.zeros(2, 2, dtype=f64), ones, tasks),  # type: ignore[attr-defined]
+                               torch.zeros(2, dtype=f64))
+
+
+def test_aligned_mtl_keeps_a_small_true_eigenvalue_at_large_p() -> None:
+    """Rank 2 in float32 at P = 1e6 (g3 = g1 + g2, ||g2|| = ||g1|| / 10): the true small
+    eigenvalue is ~7.5e-3 of the largest, far above the documented threshold max(K eps32,
+    sqrt(P) eps32) = 1.2e-4, so it is kept: the weights are the rank-2 solution of Senushkin
+    et al. 2023 (Alg. 1) computed in float64 (to the float32 Gram matrix's precision, ~1e-3
+    here). A threshold growing like P (0.06-0.12 here) would drop it."""
+    torch.manual_seed(0)
+    g = torch.randn(2, 1_000_000)
+    g[1] *= 0.1
+    grads = torch.cat([g, (g[0] + g[1])[None]])  # [3, P] float32
+    exact = grads.double()
+    lam, vec = torch.linalg.eigh(exact @ exact.T)
+    lam, vec = lam[1:], vec[:, 1:]  # the true rank is 2
+    expected = (lam.min().sqrt() * (vec / lam.sqrt()) @ vec.T).sum(0)
+    _, w = _agg("aligned_mtl", grads)
+    torch.testing.assert_close(w.double(), expected, atol=0.0, rtol=5e-3)
+
+
 def test_graddrop_keeps_agreeing_signs() -> None:
     g = torch.tensor([[1.0, 2.0, -1.0], [3.0, 1.0, -2.0]])
     d, w = _agg("graddrop", g)
     torch.testing.assert_close(d, g.sum(0))  # no sign conflict: nothing dropped
     torch.testing.assert_close(w, torch.ones(2))
+
+
+def test_graddrop_one_task_keeps_its_gradient_and_none_gives_zero() -> None:
+    """With one task every sign is pure (P = 1 or 0 agrees with the gradient): nothing is
+    dropped, d = g, weight 1; with no task present d is a zero vector of the gradient size."""
+    g = torch.tensor([[1.0, -2.0, 3.0], [5.0, 5.0, 5.0]])
+    m = create_weighting("graddrop", 2)
+    d, w = m.aggregate(g, torch.ones(2), torch.tensor([True, False]))
+    torch.testing.assert_close(d, g[0])
+    torch.testing.assert_close(w, torch.tensor([1.0, 0.0]))
+    d0, w0 = m.aggregate(g, torch.ones(2), torch.tensor([False, False]))
+    assert d0.shape == (3,) and not d0.any() and not w0.any()
+    # leak is a fraction in [0, 1], both ends included (1: nothing is dropped)
+    d1, _ = create_weighting("graddrop", 2, leak=1.0).aggregate(g, torch.ones(2), ALL2)
+    torch.testing.assert_close(d1, g.sum(0))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"graddrop leak must be in \[0, 1\], got"):
+            create_weighting("graddrop", 2, leak=bad)
+    # a present task with a zero gradient keeps none of it: weight 0 (no L1 mass to keep)
+    dz, wz = m.aggregate(torch.cat([g[:1], torch.zeros(1, 3)]), torch.ones(2), ALL2)
+    torch.testing.assert_close(dz, g[0])
+    torch.testing.assert_close(wz, torch.tensor([1.0, 0.0]))
+
+
+def test_graddrop_mixed_purity_zero_activation_and_zero_sum() -> None:
+    """Chen et al. 2020, Alg. 1 on the representation z [B=2, F=2] = [[1, 0], [-1, 2]]
+    (one ReLU-style zero). Task gradients per (sample, feature) g0 = [2, 5, -1, -1],
+    g1 = [-1, 7, 3, 0]: sign-weighted sums S_0 = (3, -1), S_1 = (-4, 0). Feature 0: purity
+    (1 - 1/7) / 2 = 3/7, positive (task 0 kept) iff u < 3/7, else task 1 kept; feature 1:
+    purity 0, negative: task 0 (S = -1) kept, task 1 (S = 0, no sign) dropped. u is the
+    per-feature uniform draw from torch's RNG, so each seed's outcome is known; both
+    outcomes occur over the seeds."""
+    f64 = torch.float64
+    z = torch.tensor([[1.0, 0.0], [-1.0, 2.0]], dtype=f64)
+    g = torch.tensor([[2.0, 5.0, -1.0, -1.0], [-1.0, 7.0, 3.0, 0.0]], dtype=f64)
+    m = create_weighting("graddrop", 2)
+    outcomes = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        positive = bool(torch.rand(2, dtype=f64)[0] < 3 / 7)
+        m.set_representation(z)
+        torch.manual_seed(seed)
+        d, w = m.aggregate(g, torch.ones(2, dtype=f64), ALL2)
+        if positive:  # feature 0 from task 0, feature 1 from task 0
+            exp_d, exp_w = [2.0, 5.0, -1.0, -1.0], [1.0, 0.0]
+        else:  # feature 0 from task 1 (|-1| + |3| of its L1 mass 11)
+            exp_d, exp_w = [-1.0, 5.0, 3.0, -1.0], [6 / 9, 4 / 11]
+        torch.testing.assert_close(d, torch.tensor(exp_d, dtype=f64), msg=f"seed {seed}")
+        torch.testing.assert_close(w, torch.tensor(exp_w, dtype=f64), msg=f"seed {seed}")
+        outcomes.add(positive)
+    assert outcomes == {True, False}
 
 
 def test_gradnorm_balances_the_gradient_norms() -> None:
@@ -351,6 +561,113 @@ def test_db_mtl_gives_every_task_the_largest_norm() -> None:
     m = create_weighting("db_mtl", 2, beta=0.0)
     d, _ = m.aggregate(g, torch.ones(2, dtype=torch.float64), ALL2)
     torch.testing.assert_close(d, torch.tensor([4.0, 4.0], dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------- solvers
+def test_min_norm_2_every_case_of_sener_and_koltun_algorithm_1() -> None:
+    """``min_{g in [0, 1]} ||g v1 + (1 - g) v2||^2`` (Sener & Koltun 2018, Alg. 1), by hand."""
+    from mtl.weighting._solvers import min_norm_2
+
+    # v1 = (1, 0), v2 = (2, 0): v1 is the closest point (v1.v2 >= v1.v1)
+    assert min_norm_2(1.0, 2.0, 4.0) == (1.0, 1.0)
+    # v1 = (2, 0), v2 = (1, 0): v2 is (v1.v2 >= v2.v2)
+    assert min_norm_2(4.0, 2.0, 1.0) == (0.0, 1.0)
+    # v1 = (1, 0), v2 = (-1, 1): g = (2 + 1) / (1 + 2 + 2) = 0.6, point (0.2, 0.4), norm^2 0.2
+    gamma, cost = min_norm_2(1.0, -1.0, 2.0)
+    assert math.isclose(gamma, 0.6) and math.isclose(cost, 0.2)
+    # orthogonal unit vectors: the midpoint, norm^2 1/2
+    assert min_norm_2(1.0, 0.0, 1.0) == (0.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        # orthogonal gradients of norms 1, 2, 3: w_t proportional to 1 / ||g_t||^2
+        ([[1, 0, 0], [0, 2, 0], [0, 0, 3]], [36 / 49, 9 / 49, 4 / 49]),
+        # g1 = (0.1, 0) has g1.g_t >= ||g1||^2 for all t: the vertex e1 is the min-norm point
+        ([[0.1, 0, 0], [1, 1, 0], [1, -1, 0]], [1.0, 0.0, 0.0]),
+        # e1, e2, e3 and (1, 1, 1): min-norm point of the first three (1/3 each), outside
+        # which (1, 1, 1) . d = 1 >= 1/3: the 4th task has weight 0
+        ([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]], [1 / 3, 1 / 3, 1 / 3, 0.0]),
+        # the best pair (e1, e2 at 1/2) is not optimal: e3 and e4 = -(e1 + e2) / 2 join;
+        # d = 0 is reachable (w = (1/4, 1/4, 0, 1/2)), so any w with w^T G = 0 is optimal
+        ([[1, 0, 0], [0, 1, 0], [0, 0, 1], [-0.5, -0.5, 0]], [0.25, 0.25, 0.0, 0.5]),
+    ],
+)
+def test_min_norm_weights_known_min_norm_points(rows: list[list[float]],
+                                                 expected: list[float]) -> None:
+    """The min-norm point of the convex hull of the gradients (MGDA), by hand: for orthogonal
+    gradients ``w_t = (1 / ||g_t||^2) / sum_j 1 / ||g_j||^2``; a vertex when the others lie
+    beyond it; a face when the remaining gradients lie beyond that face's min-norm point."""
+    g = np.array(rows, dtype=np.float64)
+    w = min_norm_weights(g @ g.T)
+    np.testing.assert_allclose(w, expected, atol=1e-9)
+    # optimality certificate (KKT on the simplex): (M w)_t >= w^T M w for every task
+    m = g @ g.T
+    assert (m @ w >= w @ m @ w - 1e-9).all()
+
+
+def _box_qp_kkt(m: np.ndarray, lower: np.ndarray, v: np.ndarray) -> None:
+    """KKT conditions of ``min v^T M v s.t. v >= u`` (convex: they certify the optimum):
+    ``v >= u``, multipliers ``(M v)_j >= 0`` and ``(M v)_j (v_j - u_j) = 0``."""
+    mv = v @ m  # [R, K] (M symmetric)
+    tol = 1e-7 * (1.0 + np.abs(mv).max())
+    assert (v >= lower - 1e-12).all()
+    assert (mv >= -tol).all()
+    np.testing.assert_allclose(mv * (v - lower), 0.0, atol=tol)
+
+
+@pytest.mark.parametrize("k", [5, 7])
+def test_box_qp_satisfies_its_kkt_conditions_exact_and_gauss_seidel(k: int) -> None:
+    """K = 5 takes the active-set enumeration, K = 7 projected Gauss-Seidel; both must meet
+    the KKT conditions, for the rows UPGrad uses (u = e_i / K) and for random bounds."""
+    rng = np.random.default_rng(k)
+    g = rng.standard_normal((k, 4))  # K > dim: a singular Gram matrix
+    m = g @ g.T
+    for lower in (np.eye(k) / k, rng.standard_normal((3, k))):
+        _box_qp_kkt(m, lower, box_qp(m, lower))
+
+
+def test_box_qp_diagonal_gram_and_zero_gram() -> None:
+    """Orthogonal gradients (diagonal ``M``): the problem separates, ``v_j = max(u_j, 0)``,
+    on both paths (K = 3 and K = 8); a zero Gram matrix returns the bounds themselves."""
+    for k in (3, 8):
+        m = np.diag(np.arange(1.0, k + 1.0))
+        lower = np.linspace(-1.0, 1.0, 2 * k).reshape(2, k)
+        np.testing.assert_allclose(box_qp(m, lower), np.maximum(lower, 0.0), atol=1e-9)
+        zero = box_qp(np.zeros((k, k)), lower)
+        np.testing.assert_array_equal(zero, lower)
+        assert zero is not lower  # a copy: the caller's bounds are not aliased
+
+
+def test_nash_weights_known_solutions() -> None:
+    """Navon et al. 2022, Eq. (2) ``alpha_t (G G^T alpha)_t = 1``: orthogonal gradients give
+    ``alpha_t = 1 / ||g_t||``; two unit gradients with cosine c give ``1 / sqrt(1 + c)`` each;
+    a zero gradient gets 0; opposite gradients have no solution (Pareto-stationary)."""
+    from mtl.weighting._solvers import nash_weights
+
+    alpha, reason = nash_weights(np.diag([1.0, 4.0, 100.0]))  # norms 1, 2, 10
+    assert reason == ""
+    np.testing.assert_allclose(alpha, [1.0, 0.5, 0.1], rtol=1e-6)
+    for c in (0.5, -0.5, -0.9, -1.0 + 1e-6):  # the last: nearly opposite, alpha = 1000
+        alpha, reason = nash_weights(np.array([[1.0, c], [c, 1.0]]))
+        assert reason == ""
+        np.testing.assert_allclose(alpha, np.full(2, 1 / math.sqrt(1 + c)), rtol=1e-6)
+    # tiny gradients (norms 1e-15 .. 1e-14) are not mistaken for zero ones: alpha = 1 / norm
+    alpha, reason = nash_weights(1e-30 * np.diag([1.0, 4.0, 100.0]))
+    assert reason == ""
+    np.testing.assert_allclose(alpha, [1e15, 0.5e15, 0.1e15], rtol=1e-6)
+    # scaled Gram (norms 3 and 3, cosine 0.5): alpha scales as 1 / norm
+    alpha, _ = nash_weights(9.0 * np.array([[1.0, 0.5], [0.5, 1.0]]))
+    np.testing.assert_allclose(alpha, np.full(2, 1 / (3 * math.sqrt(1.5))), rtol=1e-6)
+    alpha, reason = nash_weights(np.diag([4.0, 0.0]))  # task 1 has a zero gradient
+    assert reason == ""
+    np.testing.assert_allclose(alpha, [0.5, 0.0], rtol=1e-6)
+    alpha, reason = nash_weights(np.zeros((2, 2)))
+    assert reason == "" and alpha is not None and (alpha == 0.0).all()
+    alpha, reason = nash_weights(np.array([[1.0, -1.0], [-1.0, 1.0]]))
+    assert alpha is None
+    assert reason == "singular Newton system (the gradients are Pareto-stationary)"
 
 
 # ---------------------------------------------------------------------------------- backends

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from mtl.weighting import create_weighting
@@ -93,6 +94,53 @@ def test_famo_absent_task_state_frozen_then_per_step_rate() -> None:
     assert float(m.adam_steps[2]) == 1.0  # type: ignore[index]
 
 
+def test_famo_update_with_min_losses_and_a_loss_at_its_minimum_matches_the_reference() -> None:
+    """FAMO's reference ``FAMO.update``: ``delta = log(L_prev - min + eps) - log(L - min +
+    eps)`` (``min_losses`` and ``eps`` inside the log), then the softmax Jacobian^T delta with
+    ``torch.optim.Adam(lr, weight_decay=gamma)``. min_losses = 0.5; at the 3rd step task 1's
+    loss reaches its minimum: its log is log(eps), a large but finite decrease."""
+    mn, eps = 0.5, 1e-8
+    losses = [(1.5, 2.5), (1.0, 1.5), (0.9, 0.5), (0.7, 0.6)]
+    m = create_weighting("famo", 2, lr=0.05, gamma=0.01, min_losses=mn)
+    logits = torch.zeros(2, dtype=F64, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.05, weight_decay=0.01)
+    prev = None
+    for pair in losses:
+        cur = torch.tensor(pair, dtype=F64)
+        m.step_end(cur, _mask(1, 1))
+        if prev is not None:
+            delta = (prev - mn + eps).log() - (cur - mn + eps).log()
+            z = torch.softmax(logits.detach(), 0)
+            logits.grad = z * (delta - (z * delta).sum())
+            opt.step()
+        prev = cur
+        torch.testing.assert_close(m.logits, logits.detach())  # type: ignore[attr-defined]
+
+
+def test_famo_loss_weights_known_answers() -> None:
+    """FAMO's loss weights (Liu et al. 2023, reference ``FAMO.backward``): ``w_t = z_t / (c
+    (L_t - min_t + eps))``, ``c = sum_j z_j / (L_j - min_j + eps)``; with equal logits
+    (``z = 1/2``) that is ``(1 / gap_t) / sum_j (1 / gap_j)``, written out per case."""
+    m = create_weighting("famo", 2)
+    both = _mask(1, 1)
+    # large losses (c = 1/15 < 1): gaps 10, 30 -> (1/10, 1/30) / (4/30) = (3/4, 1/4)
+    torch.testing.assert_close(m.weights(torch.tensor([10.0, 30.0], dtype=F64), both),
+                               torch.tensor([0.75, 0.25], dtype=F64))
+    # a loss at its minimum: gap eps = 1e-8 -> that task takes (almost) all the weight
+    torch.testing.assert_close(m.weights(torch.tensor([0.0, 1.0], dtype=F64), both),
+                               torch.tensor([1.0, 0.0], dtype=F64), atol=1e-7, rtol=0.0)
+    # no task present: zero weights (not NaN)
+    torch.testing.assert_close(m.weights(torch.tensor([1.0, 2.0], dtype=F64), _mask(0, 0)),
+                               torch.zeros(2, dtype=F64))
+    # min_losses = 1: gaps (1, 2) -> (1, 1/2) / (3/2) = (2/3, 1/3); a loss below its minimum is
+    # clamped to gap eps: (0.5, 2) -> (1, 0)
+    m1 = create_weighting("famo", 2, min_losses=1.0)
+    torch.testing.assert_close(m1.weights(torch.tensor([2.0, 3.0], dtype=F64), both),
+                               torch.tensor([2 / 3, 1 / 3], dtype=F64))
+    torch.testing.assert_close(m1.weights(torch.tensor([0.5, 2.0], dtype=F64), both),
+                               torch.tensor([1.0, 0.0], dtype=F64), atol=1e-7, rtol=0.0)
+
+
 # -------------------------------------------------------------------------------------- DWA
 def test_dwa_absent_epoch_keeps_history_and_task_returns() -> None:
     """Liu et al. 2019, Eq. 7: w = K softmax(r / T), r_t = L_t(e-1) / L_t(e-2). Task 1 is not
@@ -131,6 +179,51 @@ def test_gradvac_two_steps_and_an_absent_task() -> None:
     expected = 0.99 * 0.01 * phi + 0.01 / math.sqrt(2)
     torch.testing.assert_close(rho[0, 1], torch.tensor(expected, dtype=F64))
     assert float(rho[2].abs().sum() + rho[:, 2].abs().sum()) == 0.0
+
+
+def test_gradvac_moves_the_cosine_to_a_nonzero_target() -> None:
+    """Wang et al. 2021, Eq. 5: below its target ``t`` the cosine is raised to it by
+    ``g_i' = g_i + ||g_i|| (t sqrt(1 - phi^2) - phi sqrt(1 - t^2)) / (||g_j|| sqrt(1 - t^2))
+    g_j``. beta = 1 makes the target the last measured cosine: step 1 at 45 degrees sets
+    t = 1/sqrt(2); step 2 has orthogonal unit gradients (phi = 0): g_i' = g_i + g_j, whose
+    cosine with g_j is t again; d = 2 (g1 + g2). Unit gradients at 120 degrees (phi = -1/2)
+    instead: the coefficient is (t sqrt(3)/2 + 1/2 t) / t = (1 + sqrt(3)) / 2 (check:
+    g1 + (1 + sqrt(3))/2 g2 = (0.317, 1.183) has cosine 1/sqrt(2) with g2)."""
+    ones = torch.ones(2, dtype=F64)
+    sin120 = math.sqrt(3) / 2
+    for g_second, coef in ((torch.eye(2, dtype=F64), 1.0),
+                           (torch.tensor([[1.0, 0.0], [-0.5, sin120]], dtype=F64),
+                            (1 + math.sqrt(3)) / 2)):
+        m = create_weighting("gradvac", 2, beta=1.0)
+        m.aggregate(torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=F64), ones, _mask(1, 1))
+        target = torch.tensor([[0.0, 0.5**0.5], [0.5**0.5, 0.0]], dtype=F64)
+        torch.testing.assert_close(m.rho, target)  # type: ignore[attr-defined]
+        d, w = m.aggregate(g_second, ones, _mask(1, 1))
+        torch.testing.assert_close(w, torch.full((2,), 1.0 + coef, dtype=F64))
+        torch.testing.assert_close(d, (1.0 + coef) * g_second.sum(0))
+
+
+def test_gradvac_every_pair_in_any_order_in_float64() -> None:
+    """At target 0 GradVac is PCGrad's projection, ``g_i' = g_i - (g_i.g_j / ||g_j||^2) g_j``
+    for a conflicting pair. g1 = (1, 0, 0), g2 = (-1, 1, 0) conflict, g3 = (0, 0, 1) is
+    orthogonal to both: d = (g1 + g2 / 2) + (g2 + g1) + g3, weights (2, 1.5, 1), whatever the
+    random order of the pairs (8 seeds). g1 = (1, 0), g2 = (-1, 3): weights (1 + 1, 1 + 0.1),
+    exact in float64 (0.1 is not a float32 number)."""
+    g = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=F64)
+    for seed in range(8):
+        torch.manual_seed(seed)
+        d, w = create_weighting("gradvac", 3).aggregate(g, torch.ones(3, dtype=F64), _mask(1, 1, 1))
+        torch.testing.assert_close(w, torch.tensor([2.0, 1.5, 1.0], dtype=F64), msg=f"seed {seed}")
+        torch.testing.assert_close(d, torch.tensor([0.5, 1.5, 1.0], dtype=F64))
+    g2 = torch.tensor([[1.0, 0.0], [-1.0, 3.0]], dtype=F64)
+    _, w2 = create_weighting("gradvac", 2).aggregate(g2, torch.ones(2, dtype=F64), _mask(1, 1))
+    torch.testing.assert_close(w2, torch.tensor([2.0, 1.1], dtype=F64), atol=1e-13, rtol=0.0)
+    # beta is a rate in [0, 1], both ends included (0: fixed targets, 1: the last cosine)
+    for beta in (0.0, 1.0):
+        assert create_weighting("gradvac", 2, beta=beta).beta == beta  # type: ignore[attr-defined]
+    for beta in (-0.1, 1.1):
+        with pytest.raises(ValueError, match=r"gradvac beta must be in \[0, 1\], got"):
+            create_weighting("gradvac", 2, beta=beta)
 
 
 # ---------------------------------------------------------------------------------- GradNorm
@@ -188,6 +281,52 @@ def test_db_mtl_ema_over_steps_with_an_absent_task() -> None:
     torch.testing.assert_close(m.steps, torch.tensor([3.0, 2.0], dtype=F64))  # type: ignore[attr-defined]
 
 
+def test_db_mtl_weights_head_scales_edge_cases_and_state() -> None:
+    """Lin et al. 2023: the logged weight of task t is (max_j ||h_j|| / ||h_t||) / (L_t +
+    eps) and the heads get 1 / (L_t + eps) (the log-loss gradient). By hand, first step
+    (h = 0.1 g / L): g = (4, 0), (0, 1), L = (2, 0.5): ||h|| = (0.2, 0.2), weights (1/2, 2).
+    A zero gradient gets weight 0; a zero loss a positive 1 / eps; no task present returns a
+    zero direction of the gradient's size; the EMA follows the gradients' dtype; the state
+    round-trips before the first step (no buffer) and after."""
+    g = torch.tensor([[4.0, 0.0], [0.0, 1.0]], dtype=F64)
+    m = create_weighting("db_mtl", 2)
+    d, w = m.aggregate(g, torch.tensor([2.0, 0.5], dtype=F64), _mask(1, 1))
+    torch.testing.assert_close(w, torch.tensor([0.5, 2.0], dtype=F64))
+    torch.testing.assert_close(d, torch.tensor([0.2, 0.2], dtype=F64))
+    torch.testing.assert_close(m.head_scales(torch.tensor([2.0, 0.0]), _mask(1, 1)),  # type: ignore[operator]
+                               torch.tensor([0.5, 1e8]))
+    # float32 losses, float64 gradients: 1 / (L + eps) at float64 precision (unit gradients:
+    # ||h_t|| = 0.1 / (L_t + eps), so every weight is max_j 1 / (L_j + eps))
+    loss32 = torch.tensor([0.3, 0.7], dtype=torch.float32)
+    _, w32 = create_weighting("db_mtl", 2).aggregate(torch.eye(2, dtype=F64), loss32, _mask(1, 1))
+    top = 1.0 / (float(loss32[0]) + 1e-8)
+    torch.testing.assert_close(w32, torch.tensor([top, top], dtype=F64), rtol=1e-13, atol=0.0)
+    # a zero gradient: weight 0 (not max / 1e-30); a zero loss: h and its weight stay positive
+    m0 = create_weighting("db_mtl", 2)
+    d0, w0 = m0.aggregate(torch.tensor([[3.0, 0.0], [0.0, 0.0]], dtype=F64),
+                          torch.tensor([0.0, 1.0], dtype=F64), _mask(1, 1))
+    torch.testing.assert_close(w0, torch.tensor([1e8, 0.0], dtype=F64))
+    torch.testing.assert_close(d0, torch.tensor([0.1 * 3.0 / 1e-8, 0.0], dtype=F64))
+    # no task present: a zero direction of size P
+    dn, wn = create_weighting("db_mtl", 2).aggregate(torch.ones(2, 5, dtype=F64),
+                                                     torch.ones(2, dtype=F64), _mask(0, 0))
+    assert dn.shape == (5,) and not dn.any() and not wn.any()
+    # the gradients' dtype changes (model.double()): the EMA follows it
+    md = create_weighting("db_mtl", 2)
+    md.aggregate(g.float(), torch.ones(2), _mask(1, 1))
+    dd, _ = md.aggregate(g, torch.ones(2, dtype=F64), _mask(1, 1))
+    assert dd.dtype == F64
+    # state before the first step (no buffer) and after
+    fresh = create_weighting("db_mtl", 2)
+    fresh.load_state_dict(create_weighting("db_mtl", 2).state_dict())
+    assert fresh.grad_buffer is None  # type: ignore[attr-defined]
+    fresh.set_extra_state(None)
+    assert fresh.grad_buffer is None  # type: ignore[attr-defined]
+    fresh.load_state_dict(m.state_dict())
+    torch.testing.assert_close(fresh.grad_buffer, m.grad_buffer)  # type: ignore[attr-defined]
+    assert fresh.grad_buffer is not m.grad_buffer  # type: ignore[attr-defined]
+
+
 # ------------------------------------------------------------------------------ RLW and IMTL
 def test_rlw_draws_from_the_named_distribution() -> None:
     """Lin et al. 2022: w = softmax(w~), w~ ~ N(0, I) (default) or U(0, 1)."""
@@ -197,6 +336,8 @@ def test_rlw_draws_from_the_named_distribution() -> None:
         w = m.weights(torch.ones(4), torch.ones(4, dtype=torch.bool))
         torch.manual_seed(3)
         torch.testing.assert_close(w, torch.softmax(draw(4), 0))
+    with pytest.raises(ValueError, match=r"rlw distribution must be normal\|uniform, got 'gauss'"):
+        create_weighting("rlw", 2, distribution="gauss")
 
 
 def test_imtl_l_scales_and_their_gradient() -> None:
