@@ -468,6 +468,8 @@ class TrainConfig(_Section):
     compile: Bool = False
     num_threads: NonNegInt = 0
     nproc: PosInt = 1
+    workers: NonNegInt = 2
+    loader: Literal["stream", "memory"] = "stream"
     log_conflict_every: NonNegInt = 50
     checkpoint_dir: Str = ".mtl/train-state"
     resume: Bool = True
