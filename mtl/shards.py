@@ -9,19 +9,24 @@ pipeline training applies). Torch-free, so the augment stage does not pay for im
 :class:`ShardedImages` is the streamed view train and evaluate read: every shard is a memory
 map, and a batch is copied out of the maps only when it is asked for, so the process's own
 (anonymous) memory does not grow with the number of images; the pages it reads are file cache.
+:class:`OnlineAugment` applies ``transform.json`` as training reads the images (here, shared by
+the augment stage's preview and the training loader, since no stage imports another).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mtl.data.images import resize_image
 from mtl.data.io import DataError, read_json
 
-__all__ = ["SHARD_PATTERN", "TRANSFORM_FILE", "ShardedImages", "load_shards", "open_shards"]
+__all__ = ["SHARD_PATTERN", "TRANSFORM_FILE", "OnlineAugment", "ShardedImages", "augment_image",
+           "load_shards", "open_shards", "sample_seed"]
 
 SHARD_PATTERN = "images-{:05d}.npy"
 #: The serialized albumentations pipeline (``A.to_dict``) of an online-augmented output.
@@ -79,6 +84,56 @@ class ShardedImages:
             rows = np.flatnonzero(shard == k)
             # one fancy index per shard touches only the pages of the wanted images
             out[rows] = self._maps[k][idx[rows] - self.offsets[k]]
+        return out
+
+
+def augment_image(transform: Any, img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``transform`` (an albumentations pipeline) applied to ``img [H, W, C]`` uint8, resized back
+    to ``size`` ``[h, w, C]``.
+
+    Geometric transforms may return another size (e.g. crops); every image of a split keeps
+    the split's geometry, so batches stack.
+    """
+    out = transform(image=img)["image"]
+    out = out[:, :, None] if out.ndim == 2 else out
+    return resize_image(np.ascontiguousarray(out, dtype=np.uint8), size)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample ``index`` in ``epoch`` of a run seeded ``seed``: a pure
+    function of the three, so neither the worker that reads the sample nor a resume changes
+    it, and hashed (``SeedSequence``) so that neighbouring triples give unrelated streams."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint32)[0])
+
+
+class OnlineAugment:
+    """Online augmentation of a batch: each sample gets the serialized pipeline ``transform``
+    (``A.to_dict``), seeded by :func:`sample_seed` and resized back to ``image_size``.
+
+    Picklable (the pipeline is rebuilt from its dict in each process that uses it), so it runs
+    in ``DataLoader`` worker processes.
+    """
+
+    def __init__(self, transform: Mapping[str, Any], image_size: tuple[int, int],
+                 seed: int) -> None:
+        self.spec = dict(transform)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.seed = seed
+        self._transform: Any = None  # the A.Compose, built on first use in each process
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_transform": None}
+
+    def __call__(self, images: np.ndarray, indices: np.ndarray, epoch: int) -> np.ndarray:
+        """``images [B, H, W, C]`` uint8 of samples ``indices [B]`` -> augmented, same shape."""
+        if self._transform is None:
+            import albumentations as A  # only where online augmentation runs
+
+            self._transform = A.from_dict(self.spec)
+        out = np.empty((len(images), *self.image_size, images.shape[3]), np.uint8)
+        for k, (img, i) in enumerate(zip(images, indices, strict=True)):
+            self._transform.set_random_seed(sample_seed(self.seed, epoch, int(i)))
+            out[k] = augment_image(self._transform, img, self.image_size)
         return out
 
 

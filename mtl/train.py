@@ -47,6 +47,7 @@ from mtl.metrics import task_metrics, task_score
 from mtl.models import create_model
 from mtl.models.base import MultiTaskModel
 from mtl.schema import TaskSchema
+from mtl.shards import OnlineAugment
 from mtl.splits import (
     Batch,
     BatchDataset,
@@ -329,7 +330,11 @@ def _epoch_batches(loop: TrainLoop, data: SplitData,
     cfg = loop.cfg
     batches = list(_batches(len(data), cfg.batch_size, loop.generator, loop.dist))
     if loop.feed is None or loop.feed.dataset.data is not data:
-        loop.feed = BatchFeed(BatchDataset(data, loop.tasks), cfg.workers,
+        augment = None
+        if data.transform is not None:
+            size = (int(data.images.shape[1]), int(data.images.shape[2]))  # [H, W]
+            augment = OnlineAugment(data.transform, size, cfg.seed)
+        loop.feed = BatchFeed(BatchDataset(data, loop.tasks, augment), cfg.workers,
                               pin_memory=loop.device.type == "cuda")
     return batches, loop.feed.epoch([(epoch, idx) for idx in batches])
 

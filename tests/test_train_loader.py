@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from mtl.shards import SHARD_PATTERN, ShardedImages, load_shards, open_shards
-from mtl.splits import SplitData, load_split_data
+from mtl.augment import OnlineAugment
+from mtl.shards import SHARD_PATTERN, TRANSFORM_FILE, ShardedImages, load_shards, open_shards
+from mtl.splits import BatchDataset, BatchFeed, SplitData, load_split_data
 from mtl.train import fit
 from tests.test_train import TASKS, make_split, tiny_cfg
 
@@ -97,3 +100,61 @@ def test_streamed_training_equals_in_memory_for_any_worker_count(weighting: str,
         assert scores == ref_scores, name
         for k, v in ref_state.items():
             assert torch.equal(v, state[k]), (name, k)
+
+
+AFFINE = {"__class_fullname__": "Compose", "p": 1.0, "transforms": [
+    {"__class_fullname__": "Affine", "rotate": [-20, 20], "translate_percent": [-0.1, 0.1],
+     "p": 1.0}]}
+
+
+def _online(tmp_path: Path, n: int = 64) -> SplitData:
+    """A training split whose augment output says online, with a serialized Affine."""
+    write_shards(tmp_path, "train", make_split(n, 0), shard_size=20, meta={"online": True})
+    (tmp_path / TRANSFORM_FILE).write_text(json.dumps(A.to_dict(A.from_dict(
+        {"transform": AFFINE}))))
+    data = load_split_data(tmp_path, "train", TASKS)
+    assert data.transform is not None
+    return data
+
+
+def _stream(data: SplitData, seed: int, workers: int, epochs: int) -> list[np.ndarray]:
+    """Every batch's images, epoch by epoch, as training's loader yields them."""
+    size = (int(data.images.shape[1]), int(data.images.shape[2]))
+    assert data.transform is not None
+    feed = BatchFeed(BatchDataset(data, TASKS, OnlineAugment(data.transform, size, seed)),
+                     workers, pin_memory=False)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    keys = [order[s:s + 16] for s in range(0, len(data), 16)]
+    return [b[0].numpy() for e in range(epochs) for b in feed.epoch([(e, k) for k in keys])]
+
+
+def test_online_augmentation_new_variants_each_epoch_same_stream_for_a_seed(
+        tmp_path: Path) -> None:
+    data = _online(tmp_path)
+    two = _stream(data, seed=0, workers=0, epochs=2)
+    first, second = np.concatenate(two[:4]), np.concatenate(two[4:])
+    originals = data.images[np.concatenate(
+        [k.numpy() for k in torch.randperm(64, generator=torch.Generator().manual_seed(0))
+         .split(16)])]
+    assert first.shape == originals.shape and not np.array_equal(first, originals)
+    assert (first != second).any(axis=(1, 2, 3)).all()  # every image, a new variant in epoch 1
+    assert all(np.array_equal(a, b) for a, b in
+               zip(two, _stream(data, seed=0, workers=2, epochs=2), strict=True))  # workers
+    assert all(np.array_equal(a, b) for a, b in
+               zip(two, _stream(data, seed=0, workers=0, epochs=2), strict=True))  # a rerun
+    other = _stream(data, seed=1, workers=0, epochs=1)
+    assert not np.array_equal(np.concatenate(other), first)  # train.seed decides the stream
+
+
+def test_training_applies_the_online_transform(tmp_path: Path) -> None:
+    """The same shards with and without the online transform train differently (training
+    must not ignore ``transform.json``), and a different pipeline changes the state key."""
+    online = _online(tmp_path / "aug")
+    plain = SplitData(online.images, online.targets)
+    val = make_split(32, 1)
+    cfg = tiny_cfg(tmp_path, epochs=1, log_conflict_every=0)
+    a, _ = fit(TASKS, online, val, cfg, 1, torch.device("cpu"))
+    b, _ = fit(TASKS, plain, val, replace(cfg, checkpoint_dir=str(tmp_path / "s2")), 1,
+               torch.device("cpu"))
+    assert not all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert online.fingerprint() != plain.fingerprint()
