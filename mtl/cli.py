@@ -94,16 +94,14 @@ def cmd_select(args: argparse.Namespace) -> None:
 def cmd_augment(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from mtl.augment import augment, preview_grid
+    from mtl.augment import augment, preview_grid, preview_images
     from mtl.schema import SPLITS
-    from mtl.shards import load_shards
 
     p = _params(args)
     selected, out = Path(args.selected), Path(args.out)
     splits = {s: pd.read_parquet(selected / f"{s}.parquet") for s in SPLITS}
     result = augment(splits, Path(p.dataset.dir), p.clean.mode, p.augment, out)
-    images, _ = load_shards(out / "train")
-    preview_grid(images[:64]).save(out / "preview.png")
+    preview_grid(preview_images(out, p.augment)).save(out / "preview.png")
     print(f"augment: {result.counts} images of {result.image_size} × {result.channels} ch "
           f"in {out}; preview {out / 'preview.png'}")
 

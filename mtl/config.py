@@ -417,10 +417,12 @@ def _default_transforms() -> tuple[dict[str, Any], ...]:
 
 @dataclass(frozen=True, config=_CONFIG)
 class AugmentConfig(_Section):
-    """Offline augmentation of the training split (albumentations' own serialization)."""
+    """Augmentation of the training split (albumentations' own serialization): online, applied
+    by the training loader per sample and epoch; offline, ``copies`` written to disk."""
 
     image_size: Annotated[tuple[PosInt, PosInt],
                           _sequence_of(2, "[height, width] > 0")] = (28, 28)
+    online: Bool = True
     copies: NonNegInt = 1
     keep_original: Bool = True
     seed: Int = 0
@@ -468,6 +470,8 @@ class TrainConfig(_Section):
     compile: Bool = False
     num_threads: NonNegInt = 0
     nproc: PosInt = 1
+    workers: NonNegInt = 2
+    loader: Literal["stream", "memory"] = "stream"
     log_conflict_every: NonNegInt = 50
     checkpoint_dir: Str = ".mtl/train-state"
     resume: Bool = True

@@ -29,6 +29,7 @@ from mtl.kind_metrics import kind_metrics
 from mtl.models.base import MultiTaskModel
 from mtl.report import render_report
 from mtl.schema import TaskSchema
+from mtl.shards import ShardedImages
 from mtl.splits import SplitData, feature_columns, load_split_data
 from mtl.tasks import kind_spec
 
@@ -63,10 +64,12 @@ class EvalResult:
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def evaluate_model(model: MultiTaskModel, tasks: Sequence[TaskSchema], images: Tensor,
-                   targets: Mapping[str, np.ndarray], device: torch.device,
-                   batch_size: int, features: Tensor | None = None) -> EvalResult:
-    """Predict ``images [N, H, W, C]`` uint8 and compute every task's metrics."""
+def evaluate_model(model: MultiTaskModel, tasks: Sequence[TaskSchema],
+                   images: Tensor | ShardedImages, targets: Mapping[str, np.ndarray],
+                   device: torch.device, batch_size: int,
+                   features: Tensor | None = None) -> EvalResult:
+    """Predict ``images [N, H, W, C]`` uint8 (in memory, or memory-mapped shards streamed
+    batch by batch) and compute every task's metrics."""
     outputs = predict(model, images, device, batch_size, features)
     metrics, tables = score_outputs(tasks, outputs, targets)
     pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -47,7 +47,15 @@ from mtl.metrics import task_metrics, task_score
 from mtl.models import create_model
 from mtl.models.base import MultiTaskModel
 from mtl.schema import TaskSchema
-from mtl.splits import SplitData, feature_columns, load_split_data
+from mtl.shards import OnlineAugment
+from mtl.splits import (
+    Batch,
+    BatchDataset,
+    BatchFeed,
+    SplitData,
+    feature_columns,
+    load_split_data,
+)
 from mtl.tasks import kind_spec, masked_task_loss
 from mtl.weighting import create_weighting, multitask_backward, task_gradient_cosine
 from mtl.weighting.base import Weighting
@@ -145,6 +153,7 @@ class TrainLoop:
     ddp: nn.Module | None = None
     dist: Distributed = field(default_factory=Distributed)
     step: int = 0
+    feed: BatchFeed | None = None  # the training split's loader (train_one_epoch builds it)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -313,11 +322,31 @@ def _optimizer_step(loop: TrainLoop) -> None:
     loop.step += 1
 
 
-def train_one_epoch(loop: TrainLoop, data: SplitData) -> EpochStats:
-    """One pass over ``data`` in seeded random order; returns mean per-task losses and weights."""
+def _epoch_batches(loop: TrainLoop, data: SplitData,
+                   epoch: int) -> tuple[list[Tensor], Iterator[Batch]]:
+    """This epoch's seeded batch indices (this process's share under DDP) and the batches read
+    from ``data`` in that order (augmented online when ``data`` has a transform), through the
+    loop's :class:`BatchFeed` for ``data`` (built on first use: its workers live for the run)."""
+    cfg = loop.cfg
+    batches = list(_batches(len(data), cfg.batch_size, loop.generator, loop.dist))
+    if loop.feed is None or loop.feed.dataset.data is not data:
+        augment = None
+        if data.transform is not None:
+            size = (int(data.images.shape[1]), int(data.images.shape[2]))  # [H, W]
+            augment = OnlineAugment(data.transform, size, cfg.seed)
+        loop.feed = BatchFeed(BatchDataset(data, loop.tasks, augment), cfg.workers,
+                              pin_memory=loop.device.type == "cuda")
+    return batches, loop.feed.epoch([(epoch, idx) for idx in batches])
+
+
+def train_one_epoch(loop: TrainLoop, data: SplitData, epoch: int = 0) -> EpochStats:
+    """One pass over ``data`` in seeded random order; returns mean per-task losses and weights.
+
+    Batches are read by ``train.workers`` loader processes and travel as uint8 until
+    ``to_model_input`` converts them on the device; ``epoch`` seeds online augmentation.
+    """
     cfg, tasks, model = loop.cfg, loop.tasks, loop.model
     model.train()
-    targets = data.target_tensors(tasks)
     shared = list(model.shared_parameters())
     heads = [p for t in tasks for p in model.task_parameters(t.name)]
     t_count = len(tasks)
@@ -330,14 +359,14 @@ def train_one_epoch(loop: TrainLoop, data: SplitData) -> EpochStats:
     # this optimiser step's per-task loss sums and micro-batch counts (step_end once per step)
     step_sum = torch.zeros(t_count, dtype=torch.float64, device=loop.device)
     step_n = torch.zeros(t_count, dtype=torch.float64, device=loop.device)
-    batches = list(_batches(len(data), cfg.batch_size, loop.generator, loop.dist))
+    batches, loader = _epoch_batches(loop, data, epoch)
     loop.optimizer.zero_grad(set_to_none=True)
-    for i, idx in enumerate(batches):
-        x = to_model_input(data.images[idx], loop.device)
+    for i, (images, f, ys) in enumerate(loader):
+        x = to_model_input(images, loop.device)  # [B, C, H, W] float, converted on the device
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        f = data.features[idx].to(loop.device) if data.features is not None else None
-        ys = [t[idx].to(loop.device) for t in targets]  # per task [B] or [B, K]
+        f = f.to(loop.device, non_blocking=True) if f is not None else None
+        ys = [y.to(loop.device, non_blocking=True) for y in ys]  # per task [B] or [B, K]
         with _autocast(loop.device, amp_dtype(cfg, loop.device)):
             z, outputs = _forward(loop, x, f)
         losses, present, counts = _losses(loop, outputs, ys)
@@ -376,7 +405,7 @@ def train_one_epoch(loop: TrainLoop, data: SplitData) -> EpochStats:
         loss_sum += losses.detach().cpu().double() * pres
         weight_sum += w.detach().cpu().double() * pres
         count += pres
-        seen += len(idx) * loop.dist.world_size
+        seen += len(images) * loop.dist.world_size
     elapsed = time.perf_counter() - start
     mean_loss, seen_task = _present_mean(loop.dist, loss_sum.to(loop.device),
                                          count.to(loop.device))
@@ -415,9 +444,11 @@ def _sync_weighting_grads(loop: TrainLoop) -> None:
 
 
 def validate(model: MultiTaskModel, tasks: Sequence[TaskSchema], data: SplitData,
-             device: torch.device, batch_size: int) -> tuple[float, dict[str, dict[str, Any]]]:
-    """Mean task score (accuracy, or R² for regression) on ``data`` and per-task metrics."""
-    outputs = predict(model, data.images, device, batch_size, data.features)
+             device: torch.device, batch_size: int,
+             workers: int = 0) -> tuple[float, dict[str, dict[str, Any]]]:
+    """Mean task score (accuracy, or R² for regression) on ``data`` and per-task metrics
+    (``workers`` loader processes read the images)."""
+    outputs = predict(model, data.images, device, batch_size, data.features, workers)
     metrics = task_metrics(tasks, outputs, data.targets)
     scores = [task_score(t, metrics[t.name]) for t in tasks]
     finite = [s for s in scores if not math.isnan(s)]
@@ -659,9 +690,8 @@ def fit(tasks: Sequence[TaskSchema], train: SplitData, val: SplitData, cfg: Trai
     for epoch in range(first_epoch, cfg.epochs):
         if cfg.early_stopping and stale >= cfg.early_stopping:
             break
-        stats = train_one_epoch(loop, train)
-        score, metrics = validate(loop.model, tasks, val, device,
-                                  cfg.batch_size * 4)
+        stats = train_one_epoch(loop, train, epoch)
+        score, metrics = validate(loop.model, tasks, val, device, cfg.batch_size * 4)
         if math.isnan(score):
             # NaN never compares greater: the first epoch would be kept silently.
             labelled = {t.name: int(metrics[t.name].get("n", 0)) for t in tasks}
@@ -682,6 +712,7 @@ def fit(tasks: Sequence[TaskSchema], train: SplitData, val: SplitData, cfg: Trai
         result.history.append({"epoch": epoch, **row})
         if dist_.is_main:
             _save_state(path, loop, epoch, result, stale)
+    loop.feed = None  # its worker processes end with it
     loop.model.load_state_dict(result.best_state)
     return loop.model, result
 
@@ -740,8 +771,9 @@ def train_stage(cfg: TrainConfig, schema: Mapping[str, Any], meta: Mapping[str, 
     dist_ = Distributed.from_env()
     tasks = tuple(TaskSchema.from_dict(d) for d in schema["tasks"])
     cols = feature_columns(schema)
-    train = load_split_data(augmented, "train", tasks, cols)
-    val = load_split_data(augmented, "val", tasks, cols)
+    stream = cfg.loader == "stream"
+    train = load_split_data(augmented, "train", tasks, cols, stream)
+    val = load_split_data(augmented, "val", tasks, cols, stream)
     device = select_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     with process_group(dist_, device):
         if dist_.is_main:

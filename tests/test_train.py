@@ -55,7 +55,9 @@ def make_split(n: int, seed: int, missing: float = 0.0) -> SplitData:
 
 
 def tiny_cfg(tmp_path: Path, **kw: object) -> TrainConfig:
-    base = TrainConfig(epochs=2, batch_size=32, lr=0.01, log_conflict_every=3,
+    # workers=0: loading in this process (starting loader processes costs more than these
+    # tiny runs); tests/test_train_loader.py covers train.workers > 0
+    base = TrainConfig(epochs=2, batch_size=32, lr=0.01, log_conflict_every=3, workers=0,
                        checkpoint_dir=str(tmp_path / "state"),
                        backbone_kwargs={"channels": (4, 8), "out_features": 16},
                        architecture_kwargs={"head_hidden": 0})

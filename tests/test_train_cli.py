@@ -10,20 +10,24 @@ import sys
 import time
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
 
+from mtl.augment import build_transform
+from mtl.shards import TRANSFORM_FILE
 from tests.conftest import REPO_ROOT
 from tests.test_train import TASKS, make_split
 
 pytestmark = pytest.mark.slow
 
 
-def _write_stage_inputs(root: Path, n_train: int, n_val: int) -> None:
-    """What the select and augment stages would leave: schema.json, shards, labels, meta."""
+def _write_stage_inputs(root: Path, n_train: int, n_val: int, online: bool = False) -> None:
+    """What the select and augment stages would leave: schema.json, shards, labels, meta
+    (and, ``online``, the serialized pipeline of params.yaml that training applies)."""
     (root / "selected").mkdir(parents=True)
     (root / "selected" / "schema.json").write_text(
         json.dumps({"tasks": [t.to_dict() for t in TASKS]}))
@@ -38,7 +42,11 @@ def _write_stage_inputs(root: Path, n_train: int, n_val: int) -> None:
         labels = pd.DataFrame({"id": [f"{split}{i}" for i in range(n)], "copy": 0, **columns})
         labels.to_parquet(out / "labels.parquet", index=False)
     (root / "augmented" / "meta.json").write_text(
-        json.dumps({"image_size": [12, 12], "channels": 1, "mode": "L"}))
+        json.dumps({"image_size": [12, 12], "channels": 1, "mode": "L", "online": online}))
+    if online:
+        specs = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["augment"]["transforms"]
+        (root / "augmented" / TRANSFORM_FILE).write_text(
+            json.dumps(A.to_dict(build_transform(specs))))
 
 
 def _params(root: Path, name: str, **train: object) -> Path:
@@ -70,7 +78,9 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 
 def test_kill_9_then_rerun_matches_uninterrupted_run(tmp_path: Path) -> None:
-    _write_stage_inputs(tmp_path, 1200, 200)
+    """With online augmentation on (issue 11) and params.yaml's loader workers: the resumed
+    run continues the same augmented stream, so it ends bitwise identical."""
+    _write_stage_inputs(tmp_path, 1200, 200, online=True)
     epochs = 5
     _run(_train_cmd(tmp_path, _params(tmp_path, "full", epochs=epochs), "full"), tmp_path)
 

@@ -1,7 +1,15 @@
-"""Building the albumentations pipeline and writing augmented ``.npy`` shards."""
+"""Building the albumentations pipeline and writing augmented ``.npy`` shards.
+
+Offline (``augment.online: false``) the training split gets ``copies`` augmented versions of
+each image written to disk. Online (the default) every split is written resized only, plus the
+serialized pipeline (:data:`~mtl.shards.TRANSFORM_FILE`) that training applies per sample
+(:class:`OnlineAugment`), seeded from ``(train.seed, epoch, sample index)``: every epoch sees
+new variants and disk does not grow with the number of variants.
+"""
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,10 +26,18 @@ from mtl.config import AugmentConfig
 from mtl.data.images import load_image, resize_image
 from mtl.data.io import write_json
 from mtl.data.paths import resolve_image_path
-from mtl.shards import SHARD_PATTERN
+from mtl.shards import (
+    SHARD_PATTERN,
+    TRANSFORM_FILE,
+    OnlineAugment,
+    augment_image,
+    open_shards,
+    sample_seed,
+)
 
 __all__ = [
-    "AugmentResult", "augment", "build_transform", "preview_grid", "resize_image",
+    "AugmentResult", "OnlineAugment", "augment", "augment_image", "build_transform",
+    "preview_grid", "preview_images", "resize_image", "sample_seed",
 ]
 
 @dataclass(frozen=True)
@@ -69,10 +85,7 @@ def _samples(frame: pd.DataFrame, root: Path, mode: str, size: tuple[int, int],
             yield i, 0, img
         if transform is not None:
             for c in range(1, copies + 1):
-                out = transform(image=img)["image"]
-                out = out[:, :, None] if out.ndim == 2 else out
-                # Geometric transforms may return another size (e.g. crops); keep shards uniform.
-                yield i, c, resize_image(np.ascontiguousarray(out, dtype=np.uint8), size)
+                yield i, c, augment_image(transform, img, size)
 
 
 def _write_split(samples: Iterator[tuple[int, int, np.ndarray]], frame: pd.DataFrame,
@@ -105,21 +118,44 @@ def _write_split(samples: Iterator[tuple[int, int, np.ndarray]], frame: pd.DataF
 
 def augment(splits: Mapping[str, pd.DataFrame], dataset_dir: Path, mode: str,
             cfg: AugmentConfig, out_dir: Path) -> AugmentResult:
-    """Decode, resize and augment each split into ``out_dir/<split>/`` shards and labels."""
+    """Decode, resize and augment each split into ``out_dir/<split>/`` shards and labels.
+
+    Online (``cfg.online`` with transforms), every split is written resized only and the
+    pipeline goes to ``out_dir/transform.json`` for training to apply; ``copies`` and
+    ``keep_original`` are offline settings.
+    """
     transform = build_transform(cfg.transforms, seed=cfg.seed) if cfg.transforms else None
+    online = cfg.online and transform is not None
     channels = 1 if mode == "L" else 3
     counts: dict[str, int] = {}
+    (out_dir / TRANSFORM_FILE).unlink(missing_ok=True)
     for split, frame in splits.items():
-        is_train = split == "train"
+        offline_train = split == "train" and not online
         samples = _samples(frame, dataset_dir, mode, cfg.image_size,
-                           transform if is_train and cfg.copies > 0 else None,
-                           cfg.copies, cfg.keep_original or not is_train,
+                           transform if offline_train and cfg.copies > 0 else None,
+                           cfg.copies, cfg.keep_original or not offline_train,
                            desc=f"augment: {split}")
         counts[split] = _write_split(samples, frame, out_dir / split, cfg.shard_size)
+    if online:
+        write_json(out_dir / TRANSFORM_FILE, A.to_dict(transform))
     result = AugmentResult(counts, cfg.image_size, channels)
     write_json(out_dir / "meta.json", {"counts": counts, "image_size": list(cfg.image_size),
-                                       "channels": channels, "mode": mode})
+                                       "channels": channels, "mode": mode, "online": online})
     return result
+
+
+def preview_images(out_dir: Path, cfg: AugmentConfig, n: int = 64) -> np.ndarray:
+    """The first ``n`` training images as training sees them, ``[n, H, W, C]`` uint8: from the
+    shards (offline), or the originals through the online pipeline (epoch 0, ``cfg.seed``).
+    Reads only those images from the shards."""
+    images, _ = open_shards(out_dir / "train")
+    rows = np.arange(min(n, len(images)))
+    first = images[rows]
+    path = out_dir / TRANSFORM_FILE
+    if not path.is_file():
+        return first
+    spec = json.loads(path.read_text())
+    return OnlineAugment(spec, cfg.image_size, cfg.seed)(first, rows, 0)
 
 
 def preview_grid(images: np.ndarray, columns: int = 8) -> Image.Image:

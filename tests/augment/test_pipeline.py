@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pandas as pd
 import pytest
 
-from mtl.augment import augment, build_transform, preview_grid
+from mtl.augment import (
+    OnlineAugment,
+    augment,
+    build_transform,
+    preview_grid,
+    preview_images,
+    sample_seed,
+)
 from mtl.config import AugmentConfig, CleanConfig, SelectConfig
 from mtl.data.clean import clean
 from mtl.data.select import select
-from mtl.shards import load_shards
+from mtl.shards import TRANSFORM_FILE, load_shards
 
 AFFINE = {"__class_fullname__": "Affine", "rotate": [-20, 20], "p": 1.0}
 
@@ -39,7 +49,8 @@ def test_augment_writes_shards_and_only_train_is_augmented(make_dataset, tmp_pat
     ds, root = make_dataset(n=20, split=True)
     manifest = clean(ds, CleanConfig(min_size=4, workers=1)).manifest
     splits = select(manifest, ds, SelectConfig()).splits
-    cfg = AugmentConfig(image_size=(12, 12), copies=2, transforms=(AFFINE,), shard_size=7)
+    cfg = AugmentConfig(image_size=(12, 12), online=False, copies=2, transforms=(AFFINE,),
+                        shard_size=7)
     out = tmp_path / "aug"
     result = augment(splits, root, "L", cfg, out)
     n_train = len(splits["train"])
@@ -59,6 +70,53 @@ def test_augment_writes_shards_and_only_train_is_augmented(make_dataset, tmp_pat
     assert again.counts == result.counts
     assert np.array_equal(load_shards(tmp_path / "aug2" / "train")[0], images)
     assert preview_grid(images[:10]).size[0] > 0
+
+
+def test_online_writes_originals_and_the_transform_offline_writes_copies(
+        make_dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ds, root = make_dataset(n=20, split=True)
+    manifest = clean(ds, CleanConfig(min_size=4, workers=1)).manifest
+    splits = select(manifest, ds, SelectConfig()).splits
+    n_train = len(splits["train"])
+    cfg = AugmentConfig(image_size=(12, 12), copies=2, transforms=(AFFINE,), seed=3)
+    assert cfg.online  # the default
+    online = augment(splits, root, "L", cfg, tmp_path / "on")
+    assert online.counts["train"] == n_train  # originals only, whatever copies says
+    images, labels = load_shards(tmp_path / "on" / "train")
+    assert set(labels["copy"]) == {0}
+    meta = json.loads((tmp_path / "on" / "meta.json").read_text())
+    assert meta["online"] is True
+    # the serialized pipeline rebuilds the same transform (same output for the same seed)
+    spec = json.loads((tmp_path / "on" / TRANSFORM_FILE).read_text())
+    rebuilt, direct = A.from_dict(spec), build_transform([AFFINE])
+    rebuilt.set_random_seed(1)
+    direct.set_random_seed(1)
+    assert np.array_equal(rebuilt(image=images[0])["image"], direct(image=images[0])["image"])
+    # the preview shows the online variants, not the originals
+    preview = preview_images(tmp_path / "on", cfg, n=8)
+    assert preview.shape == (8, 12, 12, 1) and not np.array_equal(preview, images[:8])
+    assert np.array_equal(preview, OnlineAugment(spec, (12, 12), 3)(images[:8], np.arange(8), 0))
+    # offline (into the same folder): copies on disk, no transform left behind for training
+    offline = augment(splits, root, "L", dataclasses.replace(cfg, online=False), tmp_path / "on")
+    assert offline.counts["train"] == 3 * n_train
+    assert not (tmp_path / "on" / TRANSFORM_FILE).exists()
+    assert json.loads((tmp_path / "on" / "meta.json").read_text())["online"] is False
+    assert np.array_equal(preview_images(tmp_path / "on", cfg, n=8),
+                          load_shards(tmp_path / "on" / "train")[0][:8])
+
+
+def test_online_augment_resizes_geometry_changes_back_and_varies_by_epoch_and_sample() -> None:
+    crop = build_transform([{"__class_fullname__": "RandomCrop", "height": 8, "width": 8,
+                             "p": 1.0}])
+    aug = OnlineAugment(A.to_dict(crop), (12, 12), seed=0)
+    img = np.random.default_rng(0).integers(0, 255, (2, 12, 12, 1), dtype=np.uint8)
+    same = np.stack([img[0], img[0]])
+    e0 = aug(same, np.array([5, 6]), 0)
+    assert e0.shape == (2, 12, 12, 1) and e0.dtype == np.uint8  # cropped, resized back
+    assert not np.array_equal(e0[0], e0[1])  # two samples, two crops
+    assert not np.array_equal(e0, aug(same, np.array([5, 6]), 1))  # a new epoch, new crops
+    assert np.array_equal(e0, aug(same, np.array([5, 6]), 0))  # a pure function of the triple
+    assert sample_seed(0, 1, 2) != sample_seed(0, 2, 1) != sample_seed(1, 1, 2)
 
 
 def test_labels_table_round_trip(make_dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,158 @@
+"""The streamed data path: memory-mapped shards read batch by batch through a torch
+``DataLoader`` (issue 11), equal to the in-memory path and independent of ``train.workers``."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import replace
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mtl.augment import OnlineAugment
+from mtl.shards import SHARD_PATTERN, TRANSFORM_FILE, ShardedImages, load_shards, open_shards
+from mtl.splits import BatchDataset, BatchFeed, SplitData, load_split_data
+from mtl.train import fit
+from tests.test_train import TASKS, make_split, tiny_cfg
+
+
+def write_shards(root: Path, split: str, data: SplitData, shard_size: int,
+                 meta: dict[str, object] | None = None) -> None:
+    """``data`` as the augment stage writes it: shards of ``shard_size`` images, labels, meta."""
+    out = root / split
+    out.mkdir(parents=True)
+    images = np.asarray(data.images)
+    for k, start in enumerate(range(0, len(images), shard_size)):
+        np.save(out / SHARD_PATTERN.format(k), images[start:start + shard_size])
+    columns = {k: v if v.ndim == 1 else [None if np.isnan(r[0]) else r.tolist() for r in v]
+               for k, v in data.targets.items()}
+    pd.DataFrame({"id": [f"{split}{i}" for i in range(len(images))], "copy": 0,
+                  **columns}).to_parquet(out / "labels.parquet", index=False)
+    (root / "meta.json").write_text(json.dumps(
+        {"image_size": list(images.shape[1:3]), "channels": int(images.shape[3]), "mode": "L",
+         **(meta or {})}))
+
+
+def test_sharded_images_index_across_shard_boundaries(tmp_path: Path) -> None:
+    data = make_split(50, 0)
+    write_shards(tmp_path, "train", data, shard_size=7)  # 8 shards, the last one of 1 image
+    images, labels = open_shards(tmp_path / "train")
+    full = data.images.numpy()
+    assert len(images) == 50 and images.shape == (50, 12, 12, 1) and len(labels) == 50
+    idx = np.array([49, 0, 6, 7, 13, 14, 6, 35, 48])  # unsorted, repeated, on both sides of edges
+    assert np.array_equal(images[idx], full[idx])
+    assert np.array_equal(images[3:45:4], full[3:45:4])
+    assert np.array_equal(load_shards(tmp_path / "train")[0], full)
+    with pytest.raises(IndexError, match=r"expected image indices in \[0, 50\), found"):
+        images[np.array([50])]
+
+
+def test_sharded_images_stay_memory_mapped_and_pickle_by_path(tmp_path: Path) -> None:
+    """A streamed split holds memory maps, never the pixels (the anonymous-memory claim), and
+    a spawned loader worker receives paths, not a copy of the data."""
+    data = make_split(300, 0)
+    write_shards(tmp_path, "train", data, shard_size=128)
+    split = load_split_data(tmp_path, "train", TASKS)
+    assert isinstance(split.images, ShardedImages)
+    assert all(isinstance(m, np.memmap) for m in split.images.shards)
+    blob = pickle.dumps(split.images)
+    assert len(blob) < 2000 < 300 * 144  # paths only
+    assert np.array_equal(pickle.loads(blob)[np.arange(300)], data.images.numpy())
+    in_memory = load_split_data(tmp_path, "train", TASKS, stream=False)
+    assert isinstance(in_memory.images, torch.Tensor)
+    assert in_memory.fingerprint() == split.fingerprint()  # the same content either way
+
+
+def test_shards_of_another_geometry_are_refused(tmp_path: Path) -> None:
+    write_shards(tmp_path, "train", make_split(10, 0), shard_size=4)
+    np.save(tmp_path / "train" / SHARD_PATTERN.format(1), np.zeros((4, 28, 28, 1), np.uint8))
+    with pytest.raises(ValueError, match=r"images-00001.npy: expected a \[n, 12, 12, 1\] uint8 "
+                                         r"shard, found uint8 \[4, 28, 28, 1\]"):
+        open_shards(tmp_path / "train")
+
+
+def test_streamed_training_equals_in_memory_for_any_worker_count(tmp_path: Path) -> None:
+    """The same run from memory-mapped shards (0 and 2 loader processes) and from one tensor
+    ends with bitwise equal weights: same batches, same order, same random draws (RLW draws
+    its weights from the global torch RNG, which the loader must not consume)."""
+    train, val = make_split(160, 0, missing=0.2), make_split(48, 1)
+    write_shards(tmp_path / "aug", "train", train, shard_size=50)
+    write_shards(tmp_path / "aug", "val", val, shard_size=50)
+    results = {}
+    for name, stream, workers in (("memory", False, 0), ("stream0", True, 0),
+                                  ("stream2", True, 2)):
+        t = load_split_data(tmp_path / "aug", "train", TASKS, stream=stream)
+        v = load_split_data(tmp_path / "aug", "val", TASKS, stream=stream)
+        cfg = tiny_cfg(tmp_path / name, weighting="rlw", workers=workers, epochs=2,
+                       log_conflict_every=0)
+        model, result = fit(TASKS, t, v, cfg, 1, torch.device("cpu"))
+        results[name] = (model.state_dict(), [r["val/score"] for r in result.history])
+    ref_state, ref_scores = results["memory"]
+    for name in ("stream0", "stream2"):
+        state, scores = results[name]
+        assert scores == ref_scores, name
+        for k, v in ref_state.items():
+            assert torch.equal(v, state[k]), (name, k)
+
+
+AFFINE = {"__class_fullname__": "Compose", "p": 1.0, "transforms": [
+    {"__class_fullname__": "Affine", "rotate": [-20, 20], "translate_percent": [-0.1, 0.1],
+     "p": 1.0}]}
+
+
+def _online(tmp_path: Path, n: int = 64) -> SplitData:
+    """A training split whose augment output says online, with a serialized Affine."""
+    write_shards(tmp_path, "train", make_split(n, 0), shard_size=20, meta={"online": True})
+    (tmp_path / TRANSFORM_FILE).write_text(json.dumps(A.to_dict(A.from_dict(
+        {"transform": AFFINE}))))
+    data = load_split_data(tmp_path, "train", TASKS)
+    assert data.transform is not None
+    return data
+
+
+def _stream(data: SplitData, seed: int, workers: int, epochs: int) -> list[np.ndarray]:
+    """Every batch's images, epoch by epoch, as training's loader yields them."""
+    size = (int(data.images.shape[1]), int(data.images.shape[2]))
+    assert data.transform is not None
+    feed = BatchFeed(BatchDataset(data, TASKS, OnlineAugment(data.transform, size, seed)),
+                     workers, pin_memory=False)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    keys = [order[s:s + 16] for s in range(0, len(data), 16)]
+    return [b[0].numpy() for e in range(epochs) for b in feed.epoch([(e, k) for k in keys])]
+
+
+def test_online_augmentation_new_variants_each_epoch_same_stream_for_a_seed(
+        tmp_path: Path) -> None:
+    data = _online(tmp_path)
+    two = _stream(data, seed=0, workers=0, epochs=2)
+    first, second = np.concatenate(two[:4]), np.concatenate(two[4:])
+    originals = data.images[np.concatenate(
+        [k.numpy() for k in torch.randperm(64, generator=torch.Generator().manual_seed(0))
+         .split(16)])]
+    assert first.shape == originals.shape and not np.array_equal(first, originals)
+    assert (first != second).any(axis=(1, 2, 3)).all()  # every image, a new variant in epoch 1
+    assert all(np.array_equal(a, b) for a, b in
+               zip(two, _stream(data, seed=0, workers=2, epochs=2), strict=True))  # workers
+    assert all(np.array_equal(a, b) for a, b in
+               zip(two, _stream(data, seed=0, workers=0, epochs=2), strict=True))  # a rerun
+    other = _stream(data, seed=1, workers=0, epochs=1)
+    assert not np.array_equal(np.concatenate(other), first)  # train.seed decides the stream
+
+
+def test_training_applies_the_online_transform(tmp_path: Path) -> None:
+    """The same shards with and without the online transform train differently (training
+    must not ignore ``transform.json``), and a different pipeline changes the state key."""
+    online = _online(tmp_path / "aug")
+    plain = SplitData(online.images, online.targets)
+    val = make_split(32, 1)
+    cfg = tiny_cfg(tmp_path, epochs=1, log_conflict_every=0)
+    a, _ = fit(TASKS, online, val, cfg, 1, torch.device("cpu"))
+    b, _ = fit(TASKS, plain, val, replace(cfg, checkpoint_dir=str(tmp_path / "s2")), 1,
+               torch.device("cpu"))
+    assert not all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert online.fingerprint() != plain.fingerprint()
