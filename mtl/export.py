@@ -41,6 +41,7 @@ from mtl.inference import to_model_input
 from mtl.metrics import task_metrics
 from mtl.models.base import MultiTaskModel
 from mtl.schema import TaskSchema
+from mtl.shards import ShardedImages
 from mtl.tasks import kind_spec
 
 __all__ = [
@@ -266,7 +267,7 @@ class EvalData:
     """A split to score quantization on: ``images [N, H, W, C]`` uint8, ``targets`` per task
     (NaN = missing), ``features [N, F]`` or ``None`` (:class:`mtl.splits.SplitData` fits)."""
 
-    images: Tensor
+    images: Tensor | ShardedImages
     targets: dict[str, np.ndarray]
     features: Tensor | None = None
 
@@ -318,9 +319,11 @@ def export_model(ckpt: Checkpoint, fmt: ExportFormat, out: Path, *,
     return ExportReport(out, sidecar_path(out), out.stat().st_size, report)
 
 
-def _inputs(images: Tensor, features: Tensor | None) -> list[np.ndarray]:
+def _inputs(images: Tensor | ShardedImages, features: Tensor | None) -> list[np.ndarray]:
     """``images [N, H, W, C]`` uint8 -> the graph's inputs (the one normalisation of
     :func:`mtl.inference.to_model_input`, so exported and eager models see identical pixels)."""
+    if isinstance(images, ShardedImages):  # memory-mapped shards: read the (evaluation) split
+        images = torch.from_numpy(images[:])
     x = to_model_input(images, torch.device("cpu")).contiguous().numpy()
     return [x] if features is None else [x, features.float().contiguous().numpy()]
 
