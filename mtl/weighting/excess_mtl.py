@@ -13,6 +13,8 @@ from mtl.weighting.registry import register_weighting
 
 __all__ = ["ExcessMTL"]
 
+_TINY = torch.finfo(torch.float64).tiny  # smallest positive normal float64
+
 
 @register_weighting("excess_mtl")
 class ExcessMTL(GradientWeighting):
@@ -84,12 +86,15 @@ class ExcessMTL(GradientWeighting):
         first = torch.isnan(base)
         base = torch.where(first & (risk > 0), risk, base)
         self.initial_risk[tasks.to(self.initial_risk.device)] = base.to(self.initial_risk)
-        alpha = self.loss_weight.cpu()[t_cpu]  # [K]
+        # a weight that underflowed to exactly 0 would make log(alpha) -inf and, once every
+        # present task had one, softmax([-inf, ...]) NaN for good: floor it at the smallest
+        # positive float64 (the total changes by ~1e-308)
+        alpha = self.loss_weight.cpu()[t_cpu].clamp_min(_TINY)  # [K]
         # tasks at their baseline step (or still without one) keep their weight: factor 1
         step = torch.where(first, 0.0, self.robust_step_size * risk / base)
         # alpha exp(step), renormalised so that the present tasks keep their total: in log
         # space (a softmax), so that a large step saturates instead of overflowing to inf
-        new = torch.softmax(torch.log(alpha) + step, dim=0) * alpha.sum()
+        new = (torch.softmax(torch.log(alpha) + step, dim=0) * alpha.sum()).clamp_min(_TINY)
         self.loss_weight[tasks.to(self.loss_weight.device)] = new.to(self.loss_weight)
         return new.to(device=grads.device, dtype=grads.dtype)
 

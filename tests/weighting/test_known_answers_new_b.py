@@ -395,3 +395,20 @@ def test_defaults_are_the_references() -> None:
         m = create_weighting(name, 2)
         for key, value in defaults.items():
             assert getattr(m, key) == value, (name, key)
+
+
+def test_excess_mtl_weight_underflow_never_turns_nan() -> None:
+    """Review of issue 12: a weight underflowing to exactly 0 made log(alpha) = -inf; a batch
+    holding only such tasks then gave softmax([-inf]) = NaN, and the state stayed NaN for good.
+    """
+    m = create_weighting("excess_mtl", 2)
+    both, only1 = torch.tensor([True, True]), torch.tensor([False, True])
+    losses = torch.ones(2, dtype=torch.float64)
+    eye = torch.eye(2, dtype=torch.float64)
+    m.aggregate(torch.tensor([[1e-6, 0.0], [0.0, 1.0]], dtype=torch.float64), losses, both)
+    m.aggregate(eye, losses, both)  # task 0's risk ratio ~1e12: task 1's weight underflows
+    assert float(m.loss_weight[1]) < 1e-300
+    for present in (only1, both, only1):
+        d, w = m.aggregate(eye, losses, present)
+        assert torch.isfinite(d).all() and torch.isfinite(w).all()
+        assert torch.isfinite(m.loss_weight).all() and float(m.loss_weight[1]) > 0
