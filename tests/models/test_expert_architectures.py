@@ -14,11 +14,20 @@ from mtl.models.architectures.dselect_k import smooth_step
 
 HEADS = {"a": 3, "b": 1, "c": 2}
 SMALL: dict[str, Any] = {"channels": (4, 8), "out_features": 16}
+# Three stages: with smallcnn's parameter-free stem, LTB then has two live branching layers,
+# one of them shared (``shared_logits``); two stages leave only the task-owned last one.
+SMALL3: dict[str, Any] = {"channels": (4, 8, 8), "out_features": 16}
+# A gradient "reaches" a parameter when it is above this: the losses here are O(1) and real
+# gradients O(1e-3..1), while a parameter that cannot affect the output collects rounding
+# noise (1e-13..1e-16 for LTB's former dead first layer), which ``grad.any()`` counted as live.
+LIVE_GRAD = 1e-6
 
 
-def _build(arch: str, num_features: int = 0, **kw: Any) -> MultiTaskModel:
+def _build(
+    arch: str, num_features: int = 0, bkw: dict[str, Any] | None = None, **kw: Any
+) -> MultiTaskModel:
     return create_architecture(
-        arch, "smallcnn", HEADS, 1, num_features=num_features, backbone_kwargs=SMALL, **kw
+        arch, "smallcnn", HEADS, 1, num_features=num_features, backbone_kwargs=bkw or SMALL, **kw
     )
 
 
@@ -40,10 +49,12 @@ def _check_split(model: MultiTaskModel, num_features: int = 0) -> None:
     for task in HEADS:
         model.zero_grad(set_to_none=True)
         model(x, f)[task].square().sum().backward()
-        reached = {id(p) for p in model.parameters() if p.grad is not None and p.grad.any()}
+        grads = [(id(p), p.grad) for p in model.parameters() if p.grad is not None]
+        reached = {i for i, g in grads if g.abs().max() > LIVE_GRAD}  # a live gradient
+        touched = {i for i, g in grads if g.any()}  # any non-zero gradient at all
         assert shared <= reached, f"{task}'s loss misses a shared parameter"
         others = set().union(*(own[t] for t in HEADS if t != task))
-        assert not reached & others, f"{task}'s loss reaches another task's parameter"
+        assert not touched & others, f"{task}'s loss reaches another task's parameter"
         assert own[task] <= reached
     if not model.supports_representation:
         return
@@ -174,10 +185,11 @@ def test_dselect_k_refuses_unusable_hyperparameters() -> None:
 
 # ----------------------------------------------------------------------------------------- LTB
 def test_ltb_branching_is_a_distribution_and_hard_after_warm_up() -> None:
-    model = _build("ltb", warmup_steps=2, tau_initial=5.0, tau_decay_steps=10)
+    torch.manual_seed(0)  # the weights, the noise seed and the input: a fixed case
+    model = _build("ltb", bkw=SMALL3, warmup_steps=2, tau_initial=5.0, tau_decay_steps=10)
     assert isinstance(model, LTB)
     probs = model.branching_probabilities()
-    assert probs.shape == (2, 3, 3)  # [stages, children, parents]
+    assert probs.shape == (2, 3, 3)  # [branching layers, children, parents]
     torch.testing.assert_close(probs.sum(-1), torch.ones(2, 3))
     model.train()
     for _ in range(2):  # warm-up: soft mixing with softmax(theta)
@@ -193,10 +205,19 @@ def test_ltb_branching_is_a_distribution_and_hard_after_warm_up() -> None:
     # the noise of a step is a function of (noise_seed, step): a replay samples the same tree
     model.num_steps.fill_(2)
     torch.testing.assert_close(model._alpha().detach(), seen[0])
-    # straight-through: the hard sample still trains theta
+    # straight-through: the hard sample still trains theta along the sampled path. Task a's
+    # column reads layer 1's parent p; layer 0's child p feeds it, so every logit of that row
+    # (and of task a's last-layer row) gets a gradient well above rounding noise.
+    model.num_steps.fill_(3)
     model.zero_grad(set_to_none=True)
     model(_x())["a"].square().sum().backward()
-    assert model.shared_logits.grad is not None and model.shared_logits.grad.any()
+    model.num_steps.fill_(3)
+    alpha = model._alpha().detach()  # replay: the tree that forward sampled
+    parent = int(alpha[1, 0].argmax())
+    assert model.shared_logits is not None and model.shared_logits.grad is not None
+    assert model.shared_logits.grad[0, parent].abs().min() > LIVE_GRAD
+    last = model.last_logits[0].grad
+    assert last is not None and last.abs().min() > LIVE_GRAD
     assert {"num_steps", "noise_seed"} <= set(model.state_dict())
 
 
@@ -204,8 +225,8 @@ def test_ltb_evaluates_the_argmax_tree() -> None:
     """After warm-up, evaluation uses each child's most likely parent, deterministically: with
     every child choosing column 0 below the last stage, the other columns' stems and lower
     stages cannot change any output."""
-    model = _build("ltb", warmup_steps=0).eval()
-    assert isinstance(model, LTB)
+    model = _build("ltb", bkw=SMALL3, warmup_steps=0).eval()
+    assert isinstance(model, LTB) and model.shared_logits is not None
     with torch.no_grad():
         model.shared_logits.zero_()[..., 0] = 5.0
         for logits in model.last_logits:
@@ -242,3 +263,55 @@ def test_ltb_schedule_and_noise_resume_from_a_state_dict() -> None:
     assert int(twin.num_steps) == 4
     for _ in range(3):
         torch.testing.assert_close(twin._alpha(), model._alpha())
+
+
+@pytest.mark.parametrize(("bkw", "layers"), [(SMALL, 1), (SMALL3, 2)])
+def test_ltb_every_branching_logit_is_live(bkw: dict[str, Any], layers: int) -> None:
+    """smallcnn's stem is ``nn.Identity()``: a choice among its outputs mixes T copies of x and
+    could not change anything, so branching starts before stage 1 and every logit is live:
+    randomising any layer's logits changes the outputs, and every logit gets a gradient
+    (warm-up, soft mixing, all tasks' losses)."""
+    torch.manual_seed(0)
+    model = _build("ltb", bkw=bkw, warmup_steps=10**6)
+    assert isinstance(model, LTB)
+    assert model.branching_logits().shape == (layers, 3, 3)
+    assert (model.shared_logits is None) == (layers == 1)
+    x = _x()
+    model.eval()
+    before = model(x)
+    logits = [*([] if model.shared_logits is None else model.shared_logits), *model.last_logits]
+    for row in logits:  # each shared layer [T, T] and each task's last-layer row [T]
+        saved = row.detach().clone()
+        with torch.no_grad():
+            row.normal_(0, 5)
+        after = model(x)
+        assert max((after[t] - before[t]).abs().max().item() for t in HEADS) > 1e-3
+        with torch.no_grad():
+            row.copy_(saved)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    sum(y.square().sum() for y in model(x).values()).backward()  # type: ignore[union-attr]
+    for name, p in model.named_parameters():
+        if "logits" in name:
+            assert p.grad is not None and p.grad.abs().min() > LIVE_GRAD, name
+    _check_split(model, 0)
+
+
+def test_ltb_refuses_a_backbone_without_a_live_branching_layer() -> None:
+    with pytest.raises(ValueError, match="at least one live branching layer"):
+        _build("ltb", bkw={"channels": (4,), "out_features": 8})
+
+
+def test_ltb_keeps_a_layer_0_choice_after_a_stem_with_parameters() -> None:
+    """resnet18's stem is a conv: its T outputs differ, so layer 0 branches (L = S = 4)."""
+    model = create_architecture(
+        "ltb", "resnet18", {"a": 2, "b": 1}, 1, backbone_kwargs={"small_input": True},
+        warmup_steps=10**6,
+    ).eval()
+    assert isinstance(model, LTB) and model.shared_logits is not None
+    assert model.branching_logits().shape == (4, 2, 2)
+    x = torch.randn(2, 1, 16, 16)
+    before = model(x)
+    with torch.no_grad():
+        model.shared_logits[0].normal_(0, 5)
+    assert max((model(x)[t] - before[t]).abs().max().item() for t in ("a", "b")) > 1e-3
