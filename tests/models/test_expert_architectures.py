@@ -132,6 +132,25 @@ def test_smooth_step_values_and_gamma() -> None:
     assert t.grad is not None and not t.grad.any()  # flat tails: a binary gate stays binary
 
 
+def test_smooth_step_gradient_is_finite_in_float16() -> None:
+    """fp16 (AMP): 3 t^2 overflows past |t| ~ 148; the unused cubic branch must not turn the
+    flat tails' zero gradient into NaN. On the function and through a half-precision gate."""
+    t = torch.tensor([0.2, 30.0, 200.0, -200.0, 6e4], dtype=torch.float16, requires_grad=True)
+    smooth_step(t).sum().backward()
+    assert t.grad is not None
+    expected = torch.tensor([-6 * 0.2**2 + 1.5, 0.0, 0.0, 0.0, 0.0])  # dS/dt, gamma = 1
+    torch.testing.assert_close(t.grad.float(), expected, atol=1e-3, rtol=1e-3)
+    torch.manual_seed(0)
+    gate = DSelectKGate(in_features=4, num_experts=4, num_nonzeros=2, gamma=1.0)
+    with torch.no_grad():
+        gate.z_logits.bias[0] = 200.0  # selector 0, bit 0 saturated at 1
+    gate = gate.half()
+    q = gate(torch.randn(3, 4, dtype=torch.float16))
+    (q * torch.arange(4, dtype=torch.float16)).sum().backward()
+    for name, p in gate.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
 def test_dselect_k_gates_sum_to_one_and_select_k_experts_when_binary() -> None:
     gate = DSelectKGate(in_features=5, num_experts=8, num_nonzeros=3, gamma=1.0)
     h = torch.randn(6, 5)
