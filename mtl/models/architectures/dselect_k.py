@@ -19,9 +19,16 @@ __all__ = ["DSelectK", "DSelectKGate", "smooth_step"]
 def smooth_step(t: Tensor, gamma: float = 1.0) -> Tensor:
     """The paper's smooth-step: 0 for ``t <= -gamma/2``, 1 for ``t >= gamma/2``, and the cubic
     ``-2/gamma^3 t^3 + 3/(2 gamma) t + 1/2`` in between (C^1; exactly 0 or 1 in its tails, so
-    a gate can reach a binary value in finite time)."""
-    cubic = (-2.0 / gamma**3) * t**3 + (3.0 / (2.0 * gamma)) * t + 0.5
-    return torch.where(t <= -gamma / 2, torch.zeros_like(t), torch.where(t >= gamma / 2, 1, cubic))
+    a gate can reach a binary value in finite time).
+
+    ``t`` is clamped to ``[-gamma/2, gamma/2]`` before the cubic: ``torch.where`` evaluates
+    both branches and back-propagates ``0 * d(cubic)/dt`` through the unused one, and in float16
+    ``3 t^2`` overflows to inf for ``|t| > ~148`` (fp16 AMP), so ``0 * inf`` would make the
+    gradient NaN. The clamp changes no value (the tails are constants) and no gradient."""
+    half = gamma / 2
+    tc = t.clamp(-half, half)  # the cubic only ever sees its own domain
+    cubic = (-2.0 / gamma**3) * tc**3 + (3.0 / (2.0 * gamma)) * tc + 0.5
+    return torch.where(t <= -half, torch.zeros_like(t), torch.where(t >= half, 1, cubic))
 
 
 class DSelectKGate(nn.Module):

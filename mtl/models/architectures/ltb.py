@@ -32,7 +32,16 @@ class LTB(MultiTaskModel):
         n_t^(j+1) = stage_t,j(sum_p alpha[j, t, p] n_p^j)          (j = 0..S-1)
         z_t = concat(neck_t(n_t^S), mlp(features));  out_t = head_t(z_t)
 
-    ``theta [S, T, T]`` are the branching logits (child ``t``'s over its parents ``p``);
+    Branching starts at the first live layer: a choice among nodes that are equal in every
+    column changes nothing, so its logits would be dead (no effect on any output, zero
+    gradient). The leading modules of ``stem, stage_0, stage_1, ...`` that have no parameters
+    (``smallcnn``'s stem is ``nn.Identity()``) compute the same tensor in every column: they
+    run once (column 0's), and the first choice is made before the first stage whose input
+    comes from a module with parameters. So ``theta`` has ``L = S - k`` layers, ``k`` the
+    number of parameter-free leading modules (``L = S`` for a conv stem, ``S - 1`` for
+    ``smallcnn``), and every branching logit can change the output; ``L = 0`` is refused.
+
+    ``theta [L, T, T]`` are the branching logits (child ``t``'s over its parents ``p``);
     :meth:`branching_probabilities` is ``softmax(theta)``. What ``alpha`` is, precisely:
 
     * training, step ``s < warmup_steps`` (warm-up): ``alpha = softmax(theta)`` (soft mixing;
@@ -61,12 +70,14 @@ class LTB(MultiTaskModel):
     Representation: none shared: ``encode`` returns the per-task ``[B, T, D]`` and
     ``supports_representation`` is False (after branching, tasks may share no node at all).
     Shared parameters: every column's stem and stages but the last, ``theta`` for layers
-    ``0..S-2``, the feature MLP. Task ``t``'s: its column's last stage and neck,
-    ``theta[S-1, t]`` (only child ``t`` of the last layer uses it) and ``head_t``.
+    ``0..L-2`` (``shared_logits``, ``None`` when ``L == 1``), the feature MLP. Task ``t``'s:
+    its column's last stage and neck, ``theta[L-1, t]`` (only child ``t`` of the last layer
+    uses it) and ``head_t``.
     Cost: T backbones.
     """
 
     supports_representation = False
+    shared_logits: nn.Parameter | None
     num_steps: Tensor
     noise_seed: Tensor
 
@@ -99,8 +110,24 @@ class LTB(MultiTaskModel):
                 raise ValueError("all LTB columns must have the same architecture")
         t, s = len(heads), first.num_stages
         self.columns = nn.ModuleList(backbones)
-        # theta split by owner: layers 0..S-2 (shared) and each child of the last layer (task)
-        self.shared_logits = nn.Parameter(torch.zeros(s - 1, t, t))
+        # k = how many leading modules of [stem, stage_0, ...] have no parameters in any column:
+        # they map x to the same tensor in every column, so a choice among their outputs is dead.
+        chains = [[b.stem, *b.stages] for b in backbones]
+        k = 0
+        while k <= s and all(not any(True for _ in c[k].parameters()) for c in chains):
+            k += 1
+        if s - k < 1:
+            raise ValueError(
+                f"LTB needs at least one live branching layer, i.e. a stage whose input comes "
+                f"from a module with parameters; got a backbone with {s} stage(s) whose first "
+                f"{k} module(s) (stem included) have no parameters"
+            )
+        self.num_shared_prefix = k
+        # theta split by owner: layers 0..L-2 (shared) and each child of the last layer (task)
+        if s - k > 1:
+            self.shared_logits = nn.Parameter(torch.zeros(s - k - 1, t, t))
+        else:
+            self.register_parameter("shared_logits", None)
         self.last_logits = nn.ParameterList(nn.Parameter(torch.zeros(t)) for _ in range(t))
         self.warmup_steps, self.tau_initial, self.tau_decay_steps = (
             warmup_steps,
@@ -117,12 +144,14 @@ class LTB(MultiTaskModel):
         return [c for c in self.columns if isinstance(c, Backbone)]
 
     def branching_logits(self) -> Tensor:
-        """``theta [S, T, T]``: child ``t``'s logits over its parents, per layer."""
+        """``theta [L, T, T]``: child ``t``'s logits over its parents, per branching layer."""
         last = torch.stack(list(self.last_logits))[None]  # [1, T, T]
+        if self.shared_logits is None:
+            return last
         return torch.cat([self.shared_logits, last], dim=0)
 
     def branching_probabilities(self) -> Tensor:
-        """``softmax(theta) [S, T, T]``: each child's distribution over its parents."""
+        """``softmax(theta) [L, T, T]``: each child's distribution over its parents."""
         return torch.softmax(self.branching_logits(), dim=-1)
 
     def temperature(self, step: int) -> float:
@@ -131,11 +160,11 @@ class LTB(MultiTaskModel):
         return self.tau_initial / math.sqrt(1.0 + done / self.tau_decay_steps)
 
     def tree(self) -> Tensor:
-        """The deterministic tree ``argmax theta [S, T]``: each child's chosen parent."""
+        """The deterministic tree ``argmax theta [L, T]``: each child's chosen parent."""
         return self.branching_logits().argmax(dim=-1)
 
     def _alpha(self) -> Tensor:
-        """The mixing weights ``alpha [S, T(child), T(parent)]`` of this forward pass."""
+        """The mixing weights ``alpha [L, T(child), T(parent)]`` of this forward pass."""
         theta = self.branching_logits()
         soft = torch.softmax(theta, dim=-1)
         if self.training:
@@ -159,12 +188,19 @@ class LTB(MultiTaskModel):
         self.fusion.check(features, x.shape[0])
         columns = self._columns()
         alpha = self._alpha()
-        nodes = [col.stem(x) for col in columns]
-        for j in range(alpha.shape[0]):
+        k = self.num_shared_prefix
+        chains = [[col.stem, *col.stages] for col in columns]
+        h = x
+        for module in chains[0][:k]:  # parameter-free: the same output in every column
+            h = module(h)
+        nodes = [chain[k](h) for chain in chains]  # the first column-specific module
+        for j in range(alpha.shape[0]):  # branching layer j feeds stage k + j
             stacked = torch.stack(nodes, dim=0)  # [T(parents), B, C, H, W]
             # [T(children), T(parents)] x [T(parents), N] -> [T(children), N]
             mixed = (alpha[j].to(stacked.dtype) @ stacked.flatten(1)).view_as(stacked)
-            nodes = [col.stages[j](m) for col, m in zip(columns, mixed.unbind(0), strict=True)]
+            nodes = [
+                col.stages[k + j](m) for col, m in zip(columns, mixed.unbind(0), strict=True)
+            ]
         reps = [self.fusion(col.neck(n), features) for col, n in zip(columns, nodes, strict=True)]
         return torch.stack(reps, dim=1)
 
@@ -174,7 +210,8 @@ class LTB(MultiTaskModel):
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         trunks = [part for col in self._columns() for part in (col.stem, *col.stages[:-1])]
-        return unique_trainable(*trunks, [self.shared_logits], self.fusion)
+        logits = [] if self.shared_logits is None else [self.shared_logits]
+        return unique_trainable(*trunks, logits, self.fusion)
 
     def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
         i = self.heads.task_index(task)
