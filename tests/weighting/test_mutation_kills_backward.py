@@ -17,14 +17,18 @@ from torch import Tensor, nn
 from weighting_helpers import TinyModel, compute_losses, make_batch
 
 import mtl.weighting.backward as backward_mod
+import mtl.weighting.registry as registry_mod
 from mtl.weighting import (
     backward_passes,
     create_weighting,
+    get_weighting_class,
+    list_weightings,
     multitask_backward,
+    register_weighting,
     set_vmapped_gradients,
     task_gradient_cosine,
 )
-from mtl.weighting.base import GradientWeighting
+from mtl.weighting.base import GradientWeighting, Weighting
 
 F64 = torch.float64
 
@@ -321,3 +325,57 @@ def test_synchronised_backward_on_one_process_equals_the_local_one(
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
+
+
+# ----------------------------------------------------------------------- base and registry
+def test_registering_a_new_method_under_a_canonical_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``@register_weighting(" My-Method ")`` files the class under ``my_method`` (stripped,
+    lower case, ``-`` -> ``_``), sets ``registered_name``, and may be repeated for the same
+    class; a gradient-level class without backends and a non-class are refused by name."""
+    monkeypatch.setattr(registry_mod, "_REGISTRY", dict(registry_mod._REGISTRY))
+
+    class MyMethod(Weighting):
+        def weights(self, losses: Tensor, present: Tensor) -> Tensor:
+            return torch.ones_like(losses)
+
+    assert register_weighting(" My-Method ")(MyMethod) is MyMethod
+    assert register_weighting("my_method")(MyMethod) is MyMethod  # same class: no error
+    assert MyMethod.registered_name == "my_method"  # type: ignore[attr-defined]
+    assert get_weighting_class("MY-METHOD") is MyMethod
+    assert "my_method" in list_weightings()
+
+    class NoBackends(GradientWeighting):
+        backends = ()
+
+    with pytest.raises(ValueError,
+                       match=r"^gradient-level weighting 'no_backends' declares no backends$"):
+        register_weighting("No-Backends")(NoBackends)
+    assert "no_backends" not in list_weightings()
+    with pytest.raises(TypeError,
+                       match=r"^@register_weighting\('bogus'\) must decorate a Weighting "
+                             r"subclass$"):
+        register_weighting("bogus")(int)  # type: ignore[type-var]
+
+
+def test_the_base_class_names_the_level_a_method_lacks() -> None:
+    losses, present = torch.ones(2), torch.ones(2, dtype=torch.bool)
+    with pytest.raises(NotImplementedError, match=r"^PCGrad is a gradient-level method$"):
+        create_weighting("pcgrad", 2).weights(losses, present)
+    with pytest.raises(NotImplementedError, match=r"^Equal is a loss-level method$"):
+        create_weighting("equal", 2).aggregate(torch.ones(2, 3), losses, present)
+
+
+def test_objective_weights_are_in_the_losses_dtype() -> None:
+    """``Weighting.objective`` casts whatever ``weights()`` returns to the losses' dtype and
+    zeroes absent tasks: a method computing float32 weights (2, 3, 4) on float64 losses gives
+    float64 weights (2, 0, 4) and the objective 2 L_0 + 4 L_2."""
+
+    class Float32Weights(Weighting):
+        def weights(self, losses: Tensor, present: Tensor) -> Tensor:
+            return torch.tensor([2.0, 3.0, 4.0])
+
+    losses = torch.tensor([1.0, 2.0, 3.0], dtype=F64)
+    total, w = Float32Weights(3).objective(losses, torch.tensor([True, False, True]))
+    assert w.dtype == F64 and total.dtype == F64
+    torch.testing.assert_close(w, torch.tensor([2.0, 0.0, 4.0], dtype=F64))
+    assert float(total) == 14.0
