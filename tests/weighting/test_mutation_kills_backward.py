@@ -87,6 +87,7 @@ def test_backward_passes_names_the_cost_of_each_mode() -> None:
     assert backward_passes(grad_level, "representation") == "1 + heads (1 vmapped (T), T on CPU)"
     assert backward_passes(grad_level, device="cpu") == "T"
     assert backward_passes(grad_level, device=torch.device("cpu")) == "T"
+    assert backward_passes(grad_level, device="cuda") == "1 vmapped (T)"  # automatic: by device
     set_vmapped_gradients(True)
     assert backward_passes(grad_level) == "1 vmapped (T)"
     assert backward_passes(grad_level, "representation", "cpu") == "1 + heads (1 vmapped (T))"
@@ -178,6 +179,47 @@ def test_an_op_without_a_batching_rule_falls_back_once_with_a_warning() -> None:
     torch.testing.assert_close(weight.grad, g0 + g1)
 
 
+def test_no_vmapped_attempt_for_the_loop_or_a_single_task() -> None:
+    """The vmapped backward is only tried where chosen and with more than one task: the loop
+    chosen (the CPU default), or one present task, meets the host-side op without a warning
+    and leaves the choice as it was."""
+    set_vmapped_gradients(False)
+    losses, _, params = _host_scaled_losses()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        multitask_backward(Recorder(2), losses, torch.ones(2, dtype=torch.bool), params, [])
+        task_gradient_cosine(losses, torch.ones(2, dtype=torch.bool), params)
+    assert backward_mod._BATCHED_OK is False
+    set_vmapped_gradients(True)
+    losses, _, params = _host_scaled_losses()
+    one = torch.tensor([False, True])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        multitask_backward(Recorder(2), losses, one, params, [])
+        task_gradient_cosine(losses, one, params)
+    assert backward_mod._BATCHED_OK is True
+
+
+@pytest.mark.parametrize("vmapped", [True, False])
+def test_an_unused_shared_parameter_gets_a_zero_gradient(vmapped: bool) -> None:
+    """A shared parameter no loss depends on (a frozen branch, an unused embedding): its
+    per-task gradients are zeros, so is its share of the direction; the others are
+    unchanged (sum of the two task gradients, per-task autograd)."""
+    set_vmapped_gradients(vmapped)
+    losses, shared = _linear_losses()
+    weight, unused = shared
+    rec = Recorder(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        multitask_backward(rec, losses, torch.ones(3, dtype=torch.bool), shared, [])
+    expected = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0],
+                             [-1.0, -1.0, 0.0, 0.0]], dtype=F64)
+    assert rec.seen is not None
+    torch.testing.assert_close(rec.seen, torch.cat([expected, torch.zeros(3, 5, dtype=F64)], 1))
+    torch.testing.assert_close(weight.grad, torch.tensor([[0.0, 2.0], [0.0, 0.0]], dtype=F64))
+    torch.testing.assert_close(unused.grad, torch.zeros(5, dtype=F64))
+
+
 def test_cosine_falls_back_once_with_a_warning() -> None:
     set_vmapped_gradients(True)
     losses, _, params = _host_scaled_losses()
@@ -198,7 +240,7 @@ def _linear_losses(zero_task: bool = False) -> tuple[Tensor, list[nn.Parameter]]
     ``g_0 = (1, 0, 0, 0)``, ``g_1 = (0, 1, 0, 0)`` scaled by 3, ``g_2 = (-1, -1, 0, 0)``
     (or exactly zero with ``zero_task``): cosines 0, -1/sqrt(2), -1/sqrt(2)."""
     weight = nn.Parameter(torch.tensor([[0.5, -1.0], [2.0, 0.25]], dtype=F64))
-    unused = nn.Parameter(torch.ones(3, dtype=F64))  # shared, but no loss touches it
+    unused = nn.Parameter(torch.ones(5, dtype=F64))  # shared, but no loss touches it
     l2 = -(weight[0, 0] + weight[0, 1])
     losses = torch.stack([weight[0, 0], 3.0 * weight[0, 1], 0.0 * l2 if zero_task else l2])
     return losses, [weight, unused]
@@ -265,9 +307,11 @@ def test_shared_gradients_own_their_memory_and_accumulate() -> None:
         torch.testing.assert_close(p.grad, 2.0 * g)
 
 
-def test_half_precision_parameters_get_gradients_in_their_dtype() -> None:
-    """bfloat16 parameters: the methods work on float32 gradients (``_work_dtype``), and each
-    parameter's ``.grad`` is written back in the parameter's own dtype."""
+@pytest.mark.parametrize("vmapped", [True, False])
+def test_half_precision_parameters_get_gradients_in_their_dtype(vmapped: bool) -> None:
+    """bfloat16 parameters: the methods work on float32 gradients (``_work_dtype``), on both
+    per-task paths, and each parameter's ``.grad`` is written back in its own dtype."""
+    set_vmapped_gradients(vmapped)
     model = TinyModel().to(torch.bfloat16)
     x, y = make_batch(dtype=torch.bfloat16)
     losses, present, z = compute_losses(model, x, y)
