@@ -150,6 +150,8 @@ def _per_task_grads(
                 allow_unused=True,
                 materialize_grads=True,
             )
+            # an input no task reaches gets one *unbatched* materialised zero: broadcast it
+            out = tuple(g.expand(k, *x.shape) for g, x in zip(out, inputs, strict=True))
             flat = torch.cat([g.reshape(k, -1) for g in out[:n_flat]], dim=1).to(dtype)
             return flat, list(out[n_flat:])
         except RuntimeError as err:  # an op without a vmap batching rule
@@ -422,8 +424,9 @@ def task_gradient_cosine(
                 stacklevel=2,
             )
     if batched is not None:
-        for g in batched:
-            g = g.reshape(k, -1).to(dtype)  # [K, numel(p)]
+        for g, p in zip(batched, shared, strict=True):
+            # [K, numel(p)]; a parameter no task reaches gets one unbatched zero: broadcast
+            g = g.expand(k, *p.shape).reshape(k, -1).to(dtype)
             gram.addmm_(g, g.T)
     else:
         # one backward per task; G[i, j] = sum_p <g_i,p, g_j,p> with only task i's and the

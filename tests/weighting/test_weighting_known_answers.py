@@ -431,6 +431,50 @@ def test_imtl_g_on_the_imtl_l_scaled_gradients() -> None:
     torch.testing.assert_close(u[0] @ d, u[1] @ d)
 
 
+@pytest.mark.parametrize("c", [1e-13, 1.0, 1e8])
+def test_imtl_known_weights_at_any_gradient_scale_in_float64(c: float) -> None:
+    """IMTL (Liu et al. 2021) on orthogonal gradients g_1 = (c, 0), g_2 = (0, 2c): equal
+    projections of d = a_1 g_1' + a_2 g_2' on the unit gradients need a_1 |g_1'| = a_2 |g_2'|.
+    IMTL-G (g' = g): a = (2/3, 1/3) at every common scale c (the weights are scale-free, so
+    no fixed absolute threshold may drop a gradient of norm 1e-13). IMTL-L with s = (1, 0):
+    g' = (e c, 0), (0, 2c), a = (2, e) / (e + 2), and the returned factors on the raw
+    gradients a e^s = (2e, e) / (e + 2); float64 gradients give them to float64 accuracy."""
+    g = torch.tensor([[c, 0.0], [0.0, 2.0 * c]], dtype=torch.float64)
+    ones = torch.ones(2, dtype=torch.float64)
+    _, w = create_weighting("imtl", 2, hybrid=False).aggregate(g, ones, ALL2)
+    torch.testing.assert_close(w, torch.tensor([2 / 3, 1 / 3], dtype=torch.float64),
+                               rtol=1e-12, atol=0.0)
+    m = create_weighting("imtl", 2)
+    with torch.no_grad():
+        m.loss_scale.copy_(torch.tensor([1.0, 0.0]))  # type: ignore[operator]
+    d, w = m.aggregate(g, ones, ALL2)
+    e = math.e
+    expected = torch.tensor([2 * e / (e + 2), e / (e + 2)], dtype=torch.float64)
+    torch.testing.assert_close(w, expected, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(d, c * 2 * e / (e + 2) * torch.ones(2, dtype=torch.float64),
+                               rtol=1e-12, atol=0.0)
+    # IMTL-L's loss e^s L - s at L = (2, 0.5): 2e - 1 + 0.5, in float64
+    reg = m.regularization(torch.tensor([2.0, 0.5], dtype=torch.float64), ALL2)
+    assert reg is not None and reg.dtype == torch.float64
+    assert math.isclose(float(reg), 2 * e - 1 + 0.5, rel_tol=1e-14)
+
+
+def test_imtl_one_live_gradient_takes_all_the_weight() -> None:
+    """IMTL with a single non-zero gradient among three (the others exactly zero): that
+    task's alpha is 1 (IMTL-G: weight 1; IMTL-L: weight e^s_t, here 2), the others 0."""
+    g = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0]], dtype=torch.float64)
+    ones = torch.ones(3, dtype=torch.float64)
+    d, w = create_weighting("imtl", 3, hybrid=False).aggregate(g, ones, ALL3)
+    torch.testing.assert_close(w, torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(d, torch.tensor([3.0, 4.0], dtype=torch.float64))
+    m = create_weighting("imtl", 3)
+    with torch.no_grad():
+        m.loss_scale.copy_(torch.tensor([0.5, math.log(2.0), -0.5]))  # type: ignore[operator]
+    d, w = m.aggregate(g, ones, ALL3)
+    torch.testing.assert_close(w, torch.tensor([0.0, 2.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(d, torch.tensor([6.0, 8.0], dtype=torch.float64))
+
+
 def test_nash_mtl_solves_the_bargaining_equation() -> None:
     torch.manual_seed(6)
     g = torch.randn(3, 12, dtype=torch.float64) + 0.5
@@ -605,6 +649,18 @@ def test_min_norm_weights_known_min_norm_points(rows: list[list[float]],
     # optimality certificate (KKT on the simplex): (M w)_t >= w^T M w for every task
     m = g @ g.T
     assert (m @ w >= w @ m @ w - 1e-9).all()
+
+
+def test_min_norm_weights_one_task_and_a_relative_stopping_rule() -> None:
+    """One task: the weight 1 (shape [1]). Orthogonal gradients of norms s, 2s, 3s: the
+    min-norm point has w = (36, 9, 4) / 49 at every scale s (MGDA's weights are
+    scale-free); the stopping rule on the duality gap is relative, so tiny gradients
+    (s = 1e-6: w^T M w ~ 1e-12) are solved as accurately as unit ones, not stopped at the
+    best pair (0.8, 0.2, 0)."""
+    np.testing.assert_array_equal(min_norm_weights(np.array([[4.0]])), np.ones(1))
+    for s in (1e-8, 1e-6, 1.0, 1e4):
+        w = min_norm_weights(s**2 * np.diag([1.0, 4.0, 9.0]))
+        np.testing.assert_allclose(w, np.array([36.0, 9.0, 4.0]) / 49.0, atol=1e-9)
 
 
 def _box_qp_kkt(m: np.ndarray, lower: np.ndarray, v: np.ndarray) -> None:
