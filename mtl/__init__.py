@@ -1,0 +1,1 @@
+"""mtl: a reproducible multi-task learning pipeline for images (see README.md)."""
