@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,20 +32,42 @@ PREFECT_STARTUP_TIMEOUT_S = "600"
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", PREFECT_STARTUP_TIMEOUT_S)
 
 
+# What a slow test without ``seconds`` counts for in the order below: about the shorter
+# end-to-end tests (the longest take several times this; they say so with ``seconds``).
+DEFAULT_SLOW_SECONDS = 60.0
+
+
+def slow_seconds(item: pytest.Item) -> float:
+    """A slow test's expected duration: ``pytest.mark.slow(seconds=...)``, else the default.
+
+    Only the order of files depends on it (never a pass or a failure), so a rough figure is
+    enough: what the test took in a recent `make test` run, its module-scoped fixture's share
+    included.
+    """
+    marker = item.get_closest_marker("slow")
+    if marker is None:
+        return 0.0
+    return float(marker.kwargs.get("seconds", DEFAULT_SLOW_SECONDS))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slow (end-to-end) tests first, files with more of them first, then the rest.
+    """Slow (end-to-end) tests first, the files expected to take longest first, then the rest.
 
     `make test` spreads test files over one worker per core, in this order; the longest files
     starting first keeps a worker from picking up a several-minute file when the others are
-    nearly done (each slow test is a pipeline run or more, so their count per file is the
-    proxy for its length). In one process the order changes only when the slow tests report.
+    nearly done. A file's expected length is the sum of its slow tests' :func:`slow_seconds`
+    (a count of slow tests alone would rank a file holding one eight-minute test after every
+    file with two one-minute ones). In one process the order changes only when the tests report.
     """
     def file_of(item: pytest.Item) -> str:
         return item.nodeid.split("::")[0]
 
-    slow_per_file = Counter(file_of(i) for i in items if i.get_closest_marker("slow") is not None)
+    seconds_per_file: defaultdict[str, float] = defaultdict(float)
+    for item in items:
+        seconds_per_file[file_of(item)] += slow_seconds(item)
     # A stable sort: within a file, and among the fast tests, the collected order stays.
-    items.sort(key=lambda i: (i.get_closest_marker("slow") is None, -slow_per_file[file_of(i)]))
+    items.sort(key=lambda i: (i.get_closest_marker("slow") is None,
+                              -seconds_per_file[file_of(i)]))
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
@@ -127,6 +150,14 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env.setdefault("GIT_COMMITTER_NAME", "mtl-tests")
     env.setdefault("GIT_COMMITTER_EMAIL", "tests@mtl.local")
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+
+
+DVC = [sys.executable, "-m", "dvc"]
+
+
+def ran_stages(output: str) -> list[str]:
+    """The stages whose command a `dvc repro` ran (not those restored from the run cache)."""
+    return re.findall(r"Running stage '([^']+)'", output)
 
 
 def run_ok(cmd: list[str], cwd: Path) -> str:

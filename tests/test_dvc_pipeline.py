@@ -1,25 +1,22 @@
-"""End to end through real DVC: the project's dvc.yaml and params.yaml on a tiny MultiMNIST."""
+"""End to end through real DVC: the project's dvc.yaml and params.yaml on a tiny MultiMNIST.
+
+The other end-to-end DVC test (a dataset of one's own) is in test_dvc_own_dataset.py: one long
+test per file, so `make test` (a file per worker) runs them on different workers.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import make_project, run_ok
+from tests.conftest import DVC, make_project, ran_stages, run_ok
 
-pytestmark = pytest.mark.slow
-
-DVC = [sys.executable, "-m", "dvc"]
-
-
-def _ran(output: str) -> list[str]:
-    return re.findall(r"Running stage '([^']+)'", output)
+pytestmark = pytest.mark.slow(seconds=500)
 
 
 def _status(project: Path) -> list[str]:
@@ -38,7 +35,7 @@ BASELINES = ["baseline@task0", "baseline@task1"]  # one per entry of dataset.tas
 def test_repro_cache_and_param_granularity(tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj")
     first = run_ok([*DVC, "repro"], project)
-    ran = _ran(first)
+    ran = ran_stages(first)
     assert ran[:4] == ["ingest", "clean", "select", "augment"] and ran[-1] == "evaluate"
     assert sorted(ran[4:-1]) == sorted(["train", *BASELINES])  # each baseline its own stage
     metrics = json.loads((project / "metrics/eval.json").read_text())
@@ -74,13 +71,13 @@ def test_repro_cache_and_param_granularity(tmp_path: Path) -> None:
 
     # Nothing changed: nothing reruns.
     second = run_ok([*DVC, "repro"], project)
-    assert _ran(second) == []
+    assert ran_stages(second) == []
 
     # A multi-task setting: train is stale, no baseline; repro reruns train and evaluate.
     _set(project, "train", "weighting", "uncertainty")
     assert _status(project) == ["train"]
     third = run_ok([*DVC, "repro"], project)
-    assert _ran(third) == ["train", "evaluate"]
+    assert ran_stages(third) == ["train", "evaluate"]
 
     # A shared setting (the learning rate) is read by the baselines too.
     lr = yaml.safe_load((project / "params.yaml").read_text())["train"]["lr"]
@@ -92,57 +89,7 @@ def test_repro_cache_and_param_granularity(tmp_path: Path) -> None:
     _set(project, "evaluate", "baselines", False)
     assert _status(project) == sorted([*BASELINES, "evaluate"])
     fourth = run_ok([*DVC, "repro"], project)
-    assert sorted(_ran(fourth)) == sorted([*BASELINES, "evaluate"])
+    assert sorted(ran_stages(fourth)) == sorted([*BASELINES, "evaluate"])
     assert "skipped (evaluate.baselines is false)" in fourth
     metrics = json.loads((project / "metrics/eval.json").read_text())
     assert "delta_m" not in metrics and "stl" not in metrics["left"]
-
-
-def test_own_dataset_by_editing_params_only(tmp_path: Path) -> None:
-    """A folder of images + a labels table with its own columns, declared in params.yaml."""
-    import numpy as np
-    import pandas as pd
-
-    from tests.conftest import write_png
-
-    rng = np.random.default_rng(0)
-    data = tmp_path / "shop"
-    rows = []
-    for i in range(90):
-        kind, sale = int(rng.integers(0, 3)), int(rng.integers(0, 2))
-        img = rng.integers(0, 40, (20, 20, 3), dtype=np.uint8)
-        img[:10, :, kind] += 150  # the colour channel carries the label
-        img[10:, :, :] += np.uint8(80 * sale)
-        write_png(data / "pics" / f"p{i}.png", img)
-        rows.append({"sku": f"p{i}", "kind": ["hat", "bag", "shoe"][kind],
-                     "on_sale": ["no", "yes"][sale], "price": f"{10 + 5 * kind + rng.normal():.2f}",
-                     "tags": "|".join(t for t, on in (("new", i % 2), ("eco", i % 3 == 0)) if on)})
-    pd.DataFrame(rows).to_csv(data / "products.csv", index=False)
-    project = make_project(tmp_path / "proj", {
-        "dataset": {"dir": str(data), "labels": "products.csv", "id_column": "sku",
-                    "image_column": None, "image_template": "pics/{id}.png",
-                    "split_column": None, "tasks": [
-                        {"name": "kind", "column": "kind", "kind": "multiclass"},
-                        {"name": "sale", "column": "on_sale", "kind": "binary"},
-                        {"name": "price", "column": "price", "kind": "regression"},
-                        {"name": "tags", "column": "tags", "kind": "multilabel"}]},
-        "clean": {"mode": "RGB"},
-        "augment": {"image_size": [16, 16], "copies": 1},
-        "train": {"epochs": 2, "batch_size": 16},
-    })
-    out = run_ok([*DVC, "repro", "evaluate"], project)
-    assert "ingest" not in _ran(out)  # nothing depends on the default dataset
-    metrics = json.loads((project / "metrics/eval.json").read_text())
-    assert set(metrics) == {"kind", "sale", "price", "tags", "delta_m"}
-    assert {"mae", "rmse", "r2"} <= set(metrics["price"]) and "micro_f1" in metrics["tags"]
-    assert {"auroc", "average_precision", "ece"} <= set(metrics["sale"])
-    assert "map" in metrics["tags"] and "balanced_accuracy" in metrics["kind"]
-    assert [metrics[t]["delta_metric"] for t in ("kind", "sale", "price", "tags")] == [
-        "accuracy", "accuracy", "mae", "micro_f1"]
-    assert metrics["price"]["higher_is_better"] is False
-    assert math.isfinite(metrics["delta_m"])
-    import torch
-
-    ckpt = torch.load(project / "models/model.pt", weights_only=True)
-    assert [t["kind"] for t in ckpt["schema"]["tasks"]] == [
-        "multiclass", "binary", "regression", "multilabel"]

@@ -33,7 +33,8 @@ import yaml
 from tests.conftest import make_project, run_ok
 
 # Four pipelines' worth of stages; a loaded 2-core machine needs far more than the default.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+# seconds: each test's share, the module's reference run included (tests/conftest.py).
+pytestmark = [pytest.mark.slow(seconds=100), pytest.mark.timeout(3600)]
 
 DVC = [sys.executable, "-m", "dvc"]
 STAGES = ["ingest", "clean", "select", "augment", "train", "evaluate"]

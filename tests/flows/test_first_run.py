@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow(seconds=120), pytest.mark.timeout(1800)]
 
 BUSY_SECONDS = 420  # each busy loop ends by itself after this, even if the test is killed
 BUSY = "import sys, time\nend = time.time() + float(sys.argv[1])\nwhile time.time() < end:\n pass\n"

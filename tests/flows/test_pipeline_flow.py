@@ -122,7 +122,7 @@ def test_report_inlined_as_mtl_figures_does(tmp_path: Path) -> None:
     assert "figures/curves.png" not in inlined and "](figures/none.png)" in inlined
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)  # DVC's status only, no stage runs
 def test_plan_comes_from_dvc(tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj")
     assert stage_order(project) == PIPELINE
@@ -245,7 +245,7 @@ def _cli_releasing_lock(args: list[str], api_url: str, holder: subprocess.Popen[
     return text
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=320)
 @pytest.mark.timeout(3600)  # four flow runs and a temporary server on a loaded machine
 def test_flow_runs_stale_stages_on_a_real_server(tmp_path: Path, prefect_server: str) -> None:
     from flows.pipeline import mtl_pipeline

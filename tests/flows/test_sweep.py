@@ -14,7 +14,7 @@ import yaml
 
 from tests.conftest import make_project, run_ok
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=450)  # its share of `make test` (tests/conftest.py)
 
 DVC = [sys.executable, "-m", "dvc"]
 # Small enough for two cores: 1 epoch on 600 training images.
