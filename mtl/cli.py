@@ -344,8 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
         "teachers.json (checkpoint SHA-256, head size, kind, N, the split's fingerprint), which "
         "`mtl train` distils from. Off (the default): write only a constant teachers.json and "
         "read nothing, so retrained baselines leave train cached. A skipped or missing baseline "
-        "is an error: distillation needs evaluate.baselines: true. (Reads train.distill.enabled, "
-        "train.device, evaluate.batch_size.)",
+        "is an error: distillation needs evaluate.baselines: true (reads train.distill.enabled, "
+        "train.device, evaluate.batch_size).",
         [("--selected", "data/selected", "select stage output (schema.json)"),
          ("--augmented", "data/augmented", "augment stage output"),
          ("--baselines", "models/baselines", "folder of the baseline checkpoints"),

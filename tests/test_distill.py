@@ -384,3 +384,17 @@ def test_train_stage_distils_from_the_teach_stage_and_records_it(tmp_path: Path)
     train_stage(tiny_cfg(tmp_path / "off", epochs=1), schema, meta, augmented,
                 save=saved.append, echo=lambda _: None, teachers=tmp_path / "nowhere")
     assert saved[0]["distill"]["enabled"] is False
+
+
+def test_sweep_reproduces_only_the_data_stages_in_the_workspace(tmp_path: Path) -> None:
+    """train now depends on teach and, through it, on the baselines; the sweep flow still
+    reproduces only ingest ... augment once in the workspace (the model stages depend on the
+    swept train.* keys and run per experiment)."""
+    from flows.pipeline import upstream_of
+    from flows.sweep import _upstream_stages
+    from tests.conftest import make_project
+
+    project = make_project(tmp_path / "proj")
+    assert upstream_of(project, "train") == ["ingest", "clean", "select", "augment",
+                                             "baseline@task0", "baseline@task1", "teach"]
+    assert _upstream_stages(project) == ["ingest", "clean", "select", "augment"]
