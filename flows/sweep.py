@@ -126,12 +126,19 @@ def run_experiment(name: str, overrides: dict[str, str], project_dir: str) -> fl
     return time.perf_counter() - start
 
 
+#: Stages ``train`` depends on that are models, not data: ``teach`` (``train.distill``) and the
+#: single-task baselines it reads depend on the swept ``train.*`` keys, so they run per
+#: experiment (as before ``teach`` existed), not once in the workspace.
+MODEL_STAGES = ("teach", "baseline@")
+
+
 def _upstream_stages(root: Path, stage: str = "train") -> list[str]:
-    """The stages ``train`` depends on (ingest ... augment), not the ones beside it: the
-    single-task baselines depend on the swept ``train.*`` keys, so they run per experiment."""
+    """The data stages ``train`` depends on (ingest ... augment), not the model stages
+    (:data:`MODEL_STAGES`: ``teach`` and the baselines behind it), which run per experiment."""
     from flows.pipeline import upstream_of
 
-    return upstream_of(root, stage)
+    return [s for s in upstream_of(root, stage)
+            if not any(s == m or (m.endswith("@") and s.startswith(m)) for m in MODEL_STAGES)]
 
 
 @task(name="dvc-repro-upstream", cache_policy=NO_CACHE, retries=5,

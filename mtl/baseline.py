@@ -4,9 +4,10 @@ The ``baseline`` DVC stage is a ``matrix`` over ``dataset.tasks``: instance ``ba
 trains task ``i`` alone and writes ``models/baselines/<task>.pt``, each instance cached on its
 own. A baseline is the multi-task run with everything that only matters for several tasks taken
 out (:data:`MTL_ONLY_KEYS`): the shared encoder (``train.backbone``) with one head (the ``hps``
-architecture), plain loss (no weighting method), the same optimiser, schedule, epochs, batch size
-and seed. The stage lists exactly the other ``train`` keys (:func:`shared_train_keys`) in
-``dvc.yaml``, so changing a multi-task setting reruns ``train`` and never a baseline.
+architecture), plain loss (no weighting method, no distillation), the same optimiser, schedule,
+epochs, batch size and seed. The stage lists exactly the other ``train`` keys
+(:func:`shared_train_keys`) in ``dvc.yaml``, so changing a multi-task setting reruns ``train``
+and never a baseline.
 
 Model selection is the multi-task run's: the best epoch on the validation split, scored with the
 task's own score. The test split is not read here (only by the evaluate stage).
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mtl.config import TrainConfig
+from mtl.config import DistillConfig, TrainConfig
 from mtl.delta import skipped_baseline
 from mtl.train import TrainStageResult, train_stage
 
@@ -34,7 +35,7 @@ __all__ = [
 #: ``train`` keys a single-task baseline does not read: they only matter for several tasks.
 MTL_ONLY_KEYS: frozenset[str] = frozenset({
     "architecture", "architecture_kwargs", "weighting", "weighting_kwargs", "backend",
-    "log_conflict_every"})
+    "log_conflict_every", "distill"})
 
 def shared_train_keys() -> tuple[str, ...]:
     """The ``train`` keys a baseline reads (listed as ``train.<key>`` params in ``dvc.yaml``)."""
@@ -42,14 +43,15 @@ def shared_train_keys() -> tuple[str, ...]:
 
 
 def baseline_config(cfg: TrainConfig, task: str) -> TrainConfig:
-    """``cfg`` for a single-task model of ``task``: one head on the same backbone, no weighting.
+    """``cfg`` for a single-task model of ``task``: one head on the same backbone, no weighting,
+    no distillation (the baselines are the teachers).
 
     Its resumable state lives in its own folder below ``cfg.checkpoint_dir`` (the train stage
     removes states it does not recognise in its folder).
     """
     return dataclasses.replace(
         cfg, architecture="hps", architecture_kwargs={}, weighting="equal", weighting_kwargs={},
-        backend="full", log_conflict_every=0,
+        backend="full", log_conflict_every=0, distill=DistillConfig(),
         checkpoint_dir=str(Path(cfg.checkpoint_dir) / f"baseline-{task}"))
 
 

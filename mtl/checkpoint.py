@@ -66,7 +66,8 @@ class Checkpoint:
 def build_checkpoint(state_dict: Mapping[str, torch.Tensor], schema: Mapping[str, Any],
                      cfg: TrainConfig, in_channels: int, image_size: tuple[int, int] | list[int],
                      num_features: int, best_epoch: int, val_score: float) -> dict[str, Any]:
-    """The checkpoint payload (``mtl.checkpoint/1``) of a trained model."""
+    """The checkpoint payload (``mtl.checkpoint/1``) of a trained model (with the
+    ``train.distill`` settings it was trained with)."""
     return {
         "format": FORMAT,
         "state_dict": dict(state_dict),
@@ -78,6 +79,8 @@ def build_checkpoint(state_dict: Mapping[str, torch.Tensor], schema: Mapping[str
                   "num_features": num_features},
         "best_epoch": best_epoch,
         "val_score": val_score,
+        # knowledge distillation from the single-task baselines (train.distill), as trained
+        "distill": cfg.distill.model_dump(mode="json"),
     }
 
 

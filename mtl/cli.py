@@ -26,6 +26,8 @@ Stages (each is also a DVC stage; `dvc repro` runs them in order and skips what 
   clean     validate the labels table and every image -> manifest + rejects (with reasons)
   select    learnable tasks, label vocabularies (schema.json), train/val/test split
   augment   albumentations pipeline from params.yaml -> .npy shards + preview.png
+  baseline  one single-task model per task (baseline@<task>) -> models/baselines/<task>.pt
+  teach     the baselines' outputs on the training split, for train.distill -> data/teachers
   train     multi-task model (shared backbone, one head per task) -> models/model.pt
   evaluate  test metrics, confusion matrices, reports/report.md
   predict   apply a trained model to new images (not a pipeline stage)
@@ -154,7 +156,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     result = train_stage(cfg, schema, meta, Path(args.augmented),
                          save=lambda payload: save_checkpoint(out, payload), open_log=open_log,
-                         echo=lambda line: print(line, flush=True))
+                         echo=lambda line: print(line, flush=True),
+                         teachers=Path(args.teachers))
     for live in lives:
         live.end()
     if result is None:  # not the main process under torchrun
@@ -188,6 +191,22 @@ def cmd_baseline(args: argparse.Namespace) -> None:
     if result is not None:
         print(f"baseline: {args.task}: best epoch {result.fit.best_epoch + 1} (val score "
               f"{result.fit.best_score:.4f}); model saved to {out}")
+
+
+def cmd_teach(args: argparse.Namespace) -> None:
+    from mtl.distill import write_teachers
+    from mtl.teach import teach_stage
+
+    p = _params(args)
+    out = Path(args.out)
+    enabled = p.train.distill.enabled
+    schema = read_json(Path(args.selected) / "schema.json") if enabled else {}
+    result = teach_stage(enabled, schema, Path(args.augmented), Path(args.baselines),
+                         p.train.device, p.evaluate.batch_size,
+                         echo=lambda line: print(line, flush=True))
+    write_teachers(out, result.manifest, result.outputs)
+    print(f"teach: wrote {out}" + (f" ({len(result.outputs)} task(s))" if enabled else
+                                   " (distillation off)"))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -307,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
         [("--selected", "data/selected", "select stage output (schema.json)"),
          ("--augmented", "data/augmented", "augment stage output"),
          ("--out", "models/model.pt", "checkpoint path"),
-         ("--live", "dvclive", "dvclive metrics folder")])
+         ("--live", "dvclive", "dvclive metrics folder"),
+         ("--teachers", "data/teachers",
+          "the teach stage's output (read only with train.distill.enabled)")])
     add("baseline", cmd_baseline,
         "Train one single-task baseline: the train settings minus the multi-task ones (reads "
         "train.* except weighting, weighting_kwargs, architecture, architecture_kwargs, "
@@ -316,6 +337,19 @@ def build_parser() -> argparse.ArgumentParser:
          ("--selected", "data/selected", "select stage output (schema.json)"),
          ("--augmented", "data/augmented", "augment stage output"),
          ("--out", "models/baselines/TASK.pt", "checkpoint path (TASK: the task name)")])
+    add("teach", cmd_teach,
+        "Knowledge distillation's teachers: with train.distill.enabled, run every single-task "
+        "baseline (models/baselines/<task>.pt) over the training split exactly as the train "
+        "stage loads it and write their raw outputs (<task>.npy, float32 [N, K]) and "
+        "teachers.json (checkpoint SHA-256, head size, kind, N, the split's fingerprint), which "
+        "`mtl train` distils from. Off (the default): write only a constant teachers.json and "
+        "read nothing, so retrained baselines leave train cached. A skipped or missing baseline "
+        "is an error: distillation needs evaluate.baselines: true (reads train.distill.enabled, "
+        "train.device, evaluate.batch_size).",
+        [("--selected", "data/selected", "select stage output (schema.json)"),
+         ("--augmented", "data/augmented", "augment stage output"),
+         ("--baselines", "models/baselines", "folder of the baseline checkpoints"),
+         ("--out", "data/teachers", "output folder")])
     add("evaluate", cmd_evaluate,
         "Evaluate the model and its single-task baselines on the test split; metrics, Δm, "
         "confusion plots, figures and report (reads evaluate.*, train.device).",

@@ -54,6 +54,7 @@ __all__ = [
     "CleanConfig",
     "ConfigError",
     "DatasetConfig",
+    "DistillConfig",
     "EvaluateConfig",
     "IngestConfig",
     "Params",
@@ -437,6 +438,31 @@ class AugmentConfig(_Section):
 
 
 @dataclass(frozen=True, config=_CONFIG)
+class DistillConfig(_Section):
+    """``train.distill``: soft targets from the single-task baselines (the ``teach`` stage).
+
+    Per task ``t`` the loss the weighting method sees is ``(1 - w_t) * hard_t + w_t * soft_t``
+    (:mod:`mtl.distill`); ``w_t`` and the temperature ``T_t`` default to ``weight`` and
+    ``temperature``, overridden per task name. Task names are checked against
+    ``dataset.tasks`` (:class:`Params`).
+    """
+
+    enabled: Bool = False
+    weight: Fraction = 0.5
+    temperature: PosFloat = 2.0
+    task_weights: dict[Str, Fraction] = dataclasses.field(default_factory=dict)
+    task_temperatures: dict[Str, PosFloat] = dataclasses.field(default_factory=dict)
+
+    def task_weight(self, task: str) -> float:
+        """``w_t``: the weight of the soft loss of ``task`` (its override or ``weight``)."""
+        return float(self.task_weights.get(task, self.weight))
+
+    def task_temperature(self, task: str) -> float:
+        """``T_t``: the temperature of ``task`` (its override or ``temperature``)."""
+        return float(self.task_temperatures.get(task, self.temperature))
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class TrainConfig(_Section):
     """The multi-task model and its optimisation (every key is documented in README.md)."""
 
@@ -475,6 +501,8 @@ class TrainConfig(_Section):
     log_conflict_every: NonNegInt = 50
     checkpoint_dir: Str = ".mtl/train-state"
     resume: Bool = True
+    # Knowledge distillation from the single-task baselines (off by default).
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
 
 
 @dataclass(frozen=True, config=_CONFIG)
@@ -508,6 +536,20 @@ class Params(_Section):
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
     sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
+
+    @classmethod
+    def _cross_problems(cls, v: Mapping[str, Any]) -> list[Problem]:
+        # Keys naming tasks of another section: train.distill's per-task overrides.
+        if not _has(v, "dataset", "train"):
+            return []
+        names = sorted({t.name for t in v["dataset"].tasks})
+        out: list[Problem] = []
+        for key in ("task_weights", "task_temperatures"):
+            unknown = sorted(set(getattr(v["train"].distill, key)) - set(names))
+            if unknown:
+                out.append((f"train.distill.{key}", f"unknown task(s) {unknown} "
+                            f"(tasks: {names})"))
+        return out
 
 
 # ----------------------------------------------------------------------------- errors

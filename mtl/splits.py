@@ -45,8 +45,9 @@ __all__ = [
 
 #: A training batch's key: ``(epoch, sample indices [B])`` (the epoch seeds online augmentation).
 BatchKey = tuple[int, Tensor]
-#: ``(images [B, H, W, C] uint8, features [B, F] float32 or None, per-task targets [B](, K))``.
-Batch = tuple[Tensor, Tensor | None, list[Tensor]]
+#: ``(images [B, H, W, C] uint8, features [B, F] float32 or None, per-task targets [B](, K),
+#: per-task teacher outputs [B, K] float32 or None)`` (teachers: ``train.distill``).
+Batch = tuple[Tensor, Tensor | None, list[Tensor], list[Tensor] | None]
 #: ``(images [B, H, W, C] uint8, sample indices [B], epoch) -> augmented images, same shape``.
 Augmenter = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 
@@ -55,13 +56,16 @@ Augmenter = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 class SplitData:
     """One split: ``images [N, H, W, C]`` uint8 (a tensor in memory, or memory-mapped shards),
     ``targets {task: [N] or [N, K]}`` float32 (NaN = missing; ``[N, K]`` multi-hot for multilabel
-    tasks), the selected tabular ``features [N, F]`` float32 (``None`` when there are none) and,
-    for online augmentation, the serialized albumentations ``transform`` (``A.to_dict``)."""
+    tasks), the selected tabular ``features [N, F]`` float32 (``None`` when there are none),
+    for online augmentation the serialized albumentations ``transform`` (``A.to_dict``) and, when
+    the model is distilled (``train.distill``), the ``teacher`` outputs ``{task: [N, K]}``
+    float32, row-aligned with the targets (:mod:`mtl.distill`)."""
 
     images: Tensor | ShardedImages
     targets: dict[str, np.ndarray]
     features: Tensor | None = None
     transform: Mapping[str, Any] | None = None
+    teacher: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -71,6 +75,13 @@ class SplitData:
         return [torch.from_numpy(np.array(self.targets[t.name], dtype=np.float32))  # a copy
                 for t in tasks]
 
+    def teacher_tensors(self, tasks: Sequence[TaskSchema]) -> list[Tensor] | None:
+        """Per task, in order: the teacher outputs ``[N, K]`` float32 (None: no teacher)."""
+        if self.teacher is None:
+            return None
+        return [torch.from_numpy(np.array(self.teacher[t.name], dtype=np.float32))
+                for t in tasks]
+
     def image_batch(self, idx: np.ndarray) -> Tensor:
         """``[B, H, W, C]`` uint8 of the images at ``idx`` (a copy; nothing else is read)."""
         if isinstance(self.images, Tensor):
@@ -78,8 +89,9 @@ class SplitData:
         return torch.from_numpy(self.images[idx])
 
     def fingerprint(self) -> str:
-        """SHA-256 of the full content: every pixel, target and feature, their shapes and the
-        online transform. The same pixels give the same digest in memory or streamed."""
+        """SHA-256 of the full content: every pixel, target and feature, their shapes, the
+        online transform and the teacher outputs. The same pixels give the same digest in
+        memory or streamed."""
         h = hashlib.sha256(str(tuple(self.images.shape)).encode())
         if isinstance(self.images, Tensor):
             h.update(np.ascontiguousarray(self.images.numpy()).data)
@@ -95,14 +107,20 @@ class SplitData:
             h.update(np.ascontiguousarray(self.features.numpy()).tobytes())
         if self.transform is not None:
             h.update(json.dumps(self.transform, sort_keys=True).encode())
+        if self.teacher is not None:  # absent: the digest of a split without teachers is unchanged
+            for name in sorted(self.teacher):
+                a = np.ascontiguousarray(self.teacher[name], dtype=np.float32)
+                h.update(f"teacher:{name}:{a.shape}".encode())
+                h.update(a.tobytes())
         return h.hexdigest()
 
 
 class BatchDataset(Dataset[Batch]):
     """A map-style dataset whose item is a whole batch: ``dataset[(epoch, indices)]``.
 
-    Reading a batch at once costs one fancy index per shard instead of one per image. Targets
-    and features are the labels table's, held in memory; images are read from ``data.images``
+    Reading a batch at once costs one fancy index per shard instead of one per image. Targets,
+    features and teacher outputs (``train.distill``) are held in memory and indexed by the
+    same rows; images are read from ``data.images``
     at each call, and augmented by ``augment`` (seeded per sample from the epoch and the sample
     index, so the result does not depend on which worker reads the batch).
     """
@@ -111,6 +129,7 @@ class BatchDataset(Dataset[Batch]):
                  augment: Augmenter | None = None) -> None:
         self.data = data
         self.targets = data.target_tensors(tasks)
+        self.teacher = data.teacher_tensors(tasks)
         self.augment = augment
 
     def __len__(self) -> int:
@@ -123,7 +142,8 @@ class BatchDataset(Dataset[Batch]):
         if self.augment is not None:
             images = torch.from_numpy(self.augment(images.numpy(), rows, epoch))
         f = self.data.features[idx] if self.data.features is not None else None
-        return images, f, [t[idx] for t in self.targets]
+        teacher = None if self.teacher is None else [s[idx] for s in self.teacher]
+        return images, f, [t[idx] for t in self.targets], teacher
 
 
 def _as_is(batch: Any) -> Any:

@@ -41,6 +41,7 @@ __all__ = [
     "TaskSchema",
     "head_size",
     "kind_spec",
+    "label_mask",
     "masked_task_loss",
 ]
 
@@ -67,6 +68,12 @@ class KindSpec:
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         """Mean loss of the labelled samples: ``output [n, K]`` float, ``target [n]`` or
         ``[n, K]``."""
+        raise NotImplementedError
+
+    def soft_loss(self, output: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """Mean distillation loss of the labelled samples against a teacher's raw output:
+        ``output`` and ``teacher`` ``[n, K]`` float (the same head size), ``temperature`` > 0
+        (:func:`mtl.distill.distill_task_loss` combines it with :meth:`loss`)."""
         raise NotImplementedError
 
     def decode(self, task: TaskSchema, output: np.ndarray) -> np.ndarray:
@@ -105,6 +112,16 @@ class MulticlassSpec(KindSpec):
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(output, target.long())
 
+    def soft_loss(self, output: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """``T² · KL(softmax(s/T) ‖ softmax(z/T))`` averaged over the samples (Hinton, Vinyals &
+        Dean 2015, *Distilling the Knowledge in a Neural Network*): zero when the student's
+        logits ``z`` equal the teacher's ``s``; ``T²`` keeps the gradient's scale independent of
+        ``T`` (the softened gradient shrinks as ``1/T²``)."""
+        t = float(temperature)
+        log_p = F.log_softmax(teacher / t, dim=-1)  # [n, K] teacher, softened
+        log_q = F.log_softmax(output / t, dim=-1)  # [n, K] student, softened
+        return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * t * t
+
     def decode(self, task: TaskSchema, output: np.ndarray) -> np.ndarray:
         return np.asarray(output.argmax(axis=1))
 
@@ -133,6 +150,10 @@ class BinarySpec(MulticlassSpec):
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(output.squeeze(-1), target.float())
 
+    def soft_loss(self, output: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """Sigmoid outputs (``[n, 1]``): :func:`_sigmoid_soft_loss`."""
+        return _sigmoid_soft_loss(output, teacher, temperature)
+
     def decode(self, task: TaskSchema, output: np.ndarray) -> np.ndarray:
         return (output[:, 0] > 0).astype(np.int64)
 
@@ -154,6 +175,11 @@ class RegressionSpec(KindSpec):
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return F.mse_loss(output.squeeze(-1), target.float())
+
+    def soft_loss(self, output: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """``MSE(z, s)``: the teacher's standardised value is the target. ``temperature`` is
+        ignored (there is no distribution to soften)."""
+        return F.mse_loss(output.squeeze(-1), teacher.squeeze(-1))
 
     def decode(self, task: TaskSchema, output: np.ndarray) -> np.ndarray:
         return np.asarray(output[:, 0] * task.std + task.mean)
@@ -193,6 +219,10 @@ class MultilabelSpec(KindSpec):
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(output, target.float())
 
+    def soft_loss(self, output: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """One sigmoid per tag (``[n, K]``): :func:`_sigmoid_soft_loss`."""
+        return _sigmoid_soft_loss(output, teacher, temperature)
+
     def decode(self, task: TaskSchema, output: np.ndarray) -> np.ndarray:
         return (output > 0).astype(np.int64)  # [N, K] multi-hot
 
@@ -207,6 +237,18 @@ class MultilabelSpec(KindSpec):
     def test_metrics(self, task: TaskSchema, output: np.ndarray,
                      target: np.ndarray) -> dict[str, Any]:
         return km.multilabel_metrics(output, target, task.classes)
+
+
+def _sigmoid_soft_loss(output: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """``T² · [BCE-with-logits(z/T, σ(s/T)) − H(σ(s/T))]`` averaged over every output
+    (``[n, K]``, as the hard BCE is): the Bernoulli KL divergence ``KL(σ(s/T) ‖ σ(z/T))`` per
+    output. Subtracting the teacher's entropy ``H`` (a constant for the student: the gradient is
+    the BCE's) makes the loss zero at ``z = s``, so a logged soft loss reads as a distance."""
+    t = float(temperature)
+    p = torch.sigmoid(teacher / t)  # [n, K] teacher's softened probabilities
+    bce = F.binary_cross_entropy_with_logits(output / t, p, reduction="none")
+    entropy = F.binary_cross_entropy_with_logits(teacher / t, p, reduction="none")
+    return (bce - entropy).mean() * t * t
 
 
 KINDS: dict[TaskKind, KindSpec] = {spec.kind: spec for spec in (
@@ -227,6 +269,12 @@ def head_size(task: TaskSchema) -> int:
     return kind_spec(task).head_size(task)
 
 
+def label_mask(target: Tensor) -> Tensor:
+    """``[B]`` bool: which samples carry the task's label (``target`` ``[B]`` or ``[B, K]``)."""
+    # A multilabel target is [B, K]: a sample is labelled when its row is not NaN.
+    return ~torch.isnan(target if target.dim() == 1 else target[:, 0])
+
+
 def masked_task_loss(task: TaskSchema, output: Tensor, target: Tensor) -> tuple[Tensor, int]:
     """Mean loss of one task over the samples that carry its label.
 
@@ -235,8 +283,7 @@ def masked_task_loss(task: TaskSchema, output: Tensor, target: Tensor) -> tuple[
     Returns the loss (a 0-dim tensor, ``0.0`` attached to the graph when no sample has the
     label, so it adds no gradient) and the count of labelled samples.
     """
-    # A multilabel target is [B, K]: a sample is labelled when its row is not NaN.
-    present = ~torch.isnan(target if target.dim() == 1 else target[:, 0])
+    present = label_mask(target)
     n = int(present.sum())
     if n == 0:
         # Multiplying by zero keeps the graph connected (DDP and autograd.grad need every

@@ -14,6 +14,7 @@ and hands the checkpoint to its caller.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -42,6 +43,7 @@ from mtl.checkpoint import build_checkpoint, safe_load
 from mtl.closure import module_closure, source_digest
 from mtl.config import TrainConfig
 from mtl.device import select_device
+from mtl.distill import distill_task_loss, read_teachers
 from mtl.inference import predict, to_model_input
 from mtl.metrics import task_metrics, task_score
 from mtl.models import create_model
@@ -207,12 +209,24 @@ def _forward(loop: TrainLoop, x: Tensor, f: Tensor | None) -> tuple[Tensor, dict
     return z, loop.model.decode(z)
 
 
-def _losses(loop: TrainLoop, outputs: dict[str, Tensor],
-            ys: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+def _losses(loop: TrainLoop, outputs: dict[str, Tensor], ys: Sequence[Tensor],
+            teachers: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Per-task masked losses ``[T]``, which tasks are present ``[T]`` (bool) and how many
-    samples carry each task's label ``[T]`` (float64)."""
-    per_task = [masked_task_loss(t, outputs[t.name], y)
-                for t, y in zip(loop.tasks, ys, strict=True)]
+    samples carry each task's label ``[T]`` (float64). With ``train.distill`` on, ``teachers``
+    (per task ``[B, K]``) make each task's loss ``(1 - w_t) hard + w_t soft``
+    (:func:`mtl.distill.distill_task_loss`), which the weighting method sees as the task's."""
+    d = loop.cfg.distill
+    if d.enabled:
+        if teachers is None:
+            raise ValueError("train.distill.enabled is true but the training batches carry no "
+                             "teacher outputs (the split was loaded without the teach stage's "
+                             "output)")
+        per_task = [distill_task_loss(t, outputs[t.name], y, s, d.task_weight(t.name),
+                                      d.task_temperature(t.name))
+                    for t, y, s in zip(loop.tasks, ys, teachers, strict=True)]
+    else:
+        per_task = [masked_task_loss(t, outputs[t.name], y)
+                    for t, y in zip(loop.tasks, ys, strict=True)]
     losses = torch.stack([loss.float() for loss, _ in per_task])
     counts = torch.tensor([float(n) for _, n in per_task], dtype=torch.float64,
                           device=losses.device)
@@ -361,15 +375,17 @@ def train_one_epoch(loop: TrainLoop, data: SplitData, epoch: int = 0) -> EpochSt
     step_n = torch.zeros(t_count, dtype=torch.float64, device=loop.device)
     batches, loader = _epoch_batches(loop, data, epoch)
     loop.optimizer.zero_grad(set_to_none=True)
-    for i, (images, f, ys) in enumerate(loader):
+    for i, (images, f, ys, teach) in enumerate(loader):
         x = to_model_input(images, loop.device)  # [B, C, H, W] float, converted on the device
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         f = f.to(loop.device, non_blocking=True) if f is not None else None
         ys = [y.to(loop.device, non_blocking=True) for y in ys]  # per task [B] or [B, K]
+        if teach is not None:  # train.distill: per task the teacher's output [B, K]
+            teach = [s.to(loop.device, non_blocking=True) for s in teach]
         with _autocast(loop.device, amp_dtype(cfg, loop.device)):
             z, outputs = _forward(loop, x, f)
-        losses, present, counts = _losses(loop, outputs, ys)
+        losses, present, counts = _losses(loop, outputs, ys, teach)
         if cfg.log_conflict_every and t_count > 1 and loop.step % cfg.log_conflict_every == 0 \
                 and micro == 0 and loop.dist.world_size == 1:
             cos = task_gradient_cosine(losses, present, shared).cpu()  # [T, T], NaN: absent; 1 sync
@@ -512,7 +528,8 @@ def training_code_digest() -> str:
 def state_path(cfg: TrainConfig, tasks: Sequence[TaskSchema], train: SplitData,
                val: SplitData, in_channels: int, world_size: int) -> Path:
     """Where this exact run's resumable state lives: keyed by the config, the tasks, the full
-    content of the training and validation data (every pixel) and the training code."""
+    content of the training and validation data (every pixel, and the teacher outputs when
+    distilling: :meth:`SplitData.fingerprint`) and the training code."""
     key = json.dumps({"cfg": asdict(cfg), "tasks": [t.to_dict() for t in tasks],
                       "train": train.fingerprint(), "val": val.fingerprint(),
                       "code": training_code_digest(),
@@ -759,11 +776,15 @@ class TrainStageResult:
 def train_stage(cfg: TrainConfig, schema: Mapping[str, Any], meta: Mapping[str, Any],
                 augmented: Path, save: Callable[[dict[str, Any]], None],
                 open_log: Callable[[], Logger] | None = None,
-                echo: Callable[[str], None] = print) -> TrainStageResult | None:
+                echo: Callable[[str], None] = print,
+                teachers: Path | None = None) -> TrainStageResult | None:
     """The train stage on this process (one of ``train.nproc`` under torchrun).
 
     ``schema`` is the select stage's ``schema.json``, ``meta`` the augment stage's
-    ``meta.json``; the train and validation splits are read from ``augmented``. On the main
+    ``meta.json``; the train and validation splits are read from ``augmented``. With
+    ``train.distill.enabled`` the teacher outputs are read from ``teachers`` (the teach stage's
+    folder, :func:`mtl.distill.read_teachers`: refused unless written for this very training
+    split); otherwise ``teachers`` is not read. On the main
     process ``open_log()`` gives the per-epoch logger and ``save(payload)`` receives the
     checkpoint; the resumable state is removed only after ``save`` returned. Other processes
     return None.
@@ -774,12 +795,21 @@ def train_stage(cfg: TrainConfig, schema: Mapping[str, Any], meta: Mapping[str, 
     stream = cfg.loader == "stream"
     train = load_split_data(augmented, "train", tasks, cols, stream)
     val = load_split_data(augmented, "val", tasks, cols, stream)
+    if cfg.distill.enabled:
+        if teachers is None:
+            raise ValueError("train.distill.enabled is true: expected the teach stage's output "
+                             "folder (mtl train --teachers data/teachers), found none given")
+        soft = read_teachers(teachers, tasks, len(train), train.fingerprint())
+        train = dataclasses.replace(train, teacher=soft)
     device = select_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     with process_group(dist_, device):
         if dist_.is_main:
             echo(f"train: {len(train)} training images, {len(val)} validation, device {device}"
                  f" × {dist_.world_size} process(es), tasks {[t.name for t in tasks]}, "
-                 f"{len(cols)} tabular feature(s), weighting {cfg.weighting}")
+                 f"{len(cols)} tabular feature(s), weighting {cfg.weighting}"
+                 + (f", distilled from {teachers} (weight {cfg.distill.weight}, temperature "
+                    f"{cfg.distill.temperature}, per task {dict(cfg.distill.task_weights)} / "
+                    f"{dict(cfg.distill.task_temperatures)})" if cfg.distill.enabled else ""))
         log = open_log() if open_log is not None and dist_.is_main else None
         _, result = fit(tasks, train, val, cfg, meta["channels"], device, log, dist_)
         if not dist_.is_main:

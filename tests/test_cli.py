@@ -20,11 +20,13 @@ def _mtl(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
 def test_help_lists_every_stage() -> None:
     out = _mtl("--help")
     assert out.returncode == 0
-    for stage in ("ingest", "clean", "select", "augment", "train", "evaluate", "list"):
+    for stage in ("ingest", "clean", "select", "augment", "baseline", "teach", "train",
+                  "evaluate", "list"):
         assert stage in out.stdout
 
 
-@pytest.mark.parametrize("stage", ["ingest", "clean", "select", "augment", "train", "evaluate"])
+@pytest.mark.parametrize("stage", ["ingest", "clean", "select", "augment", "baseline", "teach",
+                                   "train", "evaluate"])
 def test_stage_help_names_params_and_paths(stage: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main([stage, "--help"])

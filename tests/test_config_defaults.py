@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-from mtl.config import Params, TaskConfig
+from mtl.config import DistillConfig, Params, TaskConfig
 from tests.conftest import REPO_ROOT
 
 REQUIRED = object()  # a key without a default
+_ABSENT = object()  # a key params.yaml does not have
 
 # The ONE place where params.yaml deliberately differs from the defaults, with the reason.
 # The dataset section describes the shipped MultiMNIST dataset (written by `mtl ingest`), not a
@@ -42,10 +43,14 @@ def _sections() -> dict[str, type]:
 
 
 def _defaults(cls: type, prefix: str = "") -> dict[str, Any]:
-    """``{"key": default or REQUIRED}`` for every field of a section (tasks[] keys included)."""
+    """``{"key": default or REQUIRED}`` for every field of a section (tasks[] keys included;
+    a nested section's keys as ``section.key``, e.g. ``distill.enabled``)."""
     out: dict[str, Any] = {}
     for name, info in cls.__pydantic_fields__.items():  # type: ignore[attr-defined]
         key = f"{prefix}{name}"
+        if info.annotation is DistillConfig:
+            out.update(_defaults(DistillConfig, prefix=f"{key}."))
+            continue
         out[key] = (REQUIRED if info.is_required()
                     else _plain(info.get_default(call_default_factory=True)))
     if cls.__name__ == "DatasetConfig":
@@ -72,10 +77,13 @@ def test_params_yaml_equals_the_defaults(section: str) -> None:
             assert default is REQUIRED or _plain(raw[key]) != default, (
                 f"{where} is listed in PARAMS_YAML_DIFFERS but equals the default: unlist it")
             continue
-        if key not in raw:
+        value: Any = raw
+        for part in key.split("."):  # a nested section's key: distill.enabled
+            value = value.get(part, _ABSENT) if isinstance(value, dict) else _ABSENT
+        if value is _ABSENT:
             wrong[where] = "absent from params.yaml (every key is listed there)"
-        elif _plain(raw[key]) != default:
-            wrong[where] = f"params.yaml {raw[key]!r} != default {default!r}"
+        elif _plain(value) != default:
+            wrong[where] = f"params.yaml {value!r} != default {default!r}"
     assert not wrong, wrong
 
 

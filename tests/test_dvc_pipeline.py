@@ -37,7 +37,14 @@ def test_repro_cache_and_param_granularity(tmp_path: Path) -> None:
     first = run_ok([*DVC, "repro"], project)
     ran = ran_stages(first)
     assert ran[:4] == ["ingest", "clean", "select", "augment"] and ran[-1] == "evaluate"
-    assert sorted(ran[4:-1]) == sorted(["train", *BASELINES])  # each baseline its own stage
+    # each baseline its own stage; teach (train.distill, off) between them and train
+    assert sorted(ran[4:-1]) == sorted(["train", "teach", *BASELINES])
+    assert max(ran.index(b) for b in BASELINES) < ran.index("teach") < ran.index("train")
+    from mtl.distill import disabled_marker
+
+    marker = project / "data/teachers/teachers.json"
+    assert marker.read_bytes() == disabled_marker()
+    assert sorted(p.name for p in marker.parent.iterdir()) == ["teachers.json"]
     metrics = json.loads((project / "metrics/eval.json").read_text())
     for task in ("left", "right"):
         m = metrics[task]
@@ -89,7 +96,11 @@ def test_repro_cache_and_param_granularity(tmp_path: Path) -> None:
     _set(project, "evaluate", "baselines", False)
     assert _status(project) == sorted([*BASELINES, "evaluate"])
     fourth = run_ok([*DVC, "repro"], project)
-    assert sorted(ran_stages(fourth)) == sorted([*BASELINES, "evaluate"])
+    # The retrained baselines rerun teach, whose marker is byte-identical with distillation
+    # off: train stays cached (it depends on the baselines only when distillation is on).
+    assert sorted(ran_stages(fourth)) == sorted([*BASELINES, "teach", "evaluate"])
+    assert "train" not in ran_stages(fourth)
+    assert marker.read_bytes() == disabled_marker()
     assert "skipped (evaluate.baselines is false)" in fourth
     metrics = json.loads((project / "metrics/eval.json").read_text())
     assert "delta_m" not in metrics and "stl" not in metrics["left"]

@@ -39,8 +39,9 @@ pytestmark = [pytest.mark.slow(seconds=100), pytest.mark.timeout(3600)]
 DVC = [sys.executable, "-m", "dvc"]
 STAGES = ["ingest", "clean", "select", "augment", "train", "evaluate"]
 # The `mtl <command>` of every stage in dependency order: each depends on the one before it
-# (the baselines on augment, evaluate on them), so a stage's downstream is what follows it.
-COMMANDS = ["ingest", "clean", "select", "augment", "train", "baseline", "evaluate"]
+# (the baselines on augment, teach on the baselines, train on teach, evaluate on train), so a
+# stage's downstream is what follows it.
+COMMANDS = ["ingest", "clean", "select", "augment", "baseline", "teach", "train", "evaluate"]
 # Tiny, but clean still decodes in a process pool (>= 256 images) and augment writes several
 # shards, so both are interrupted while they work.
 FAULT_PARAMS = {

@@ -36,9 +36,10 @@ FIRST_RETRY = "Task run 'dvc status' - Task run failed with exception: DvcLockBu
 SMALL = {"ingest": {"n_train": 300, "n_val": 60, "n_test": 100},
          "train": {"epochs": 1, "batch_size": 64}}
 STAGES = ["ingest", "clean", "select", "augment", "train", "evaluate"]
-# The project's dvc.yaml as DVC orders it: the baseline matrix has one stage per task.
-PIPELINE = ["ingest", "clean", "select", "augment", "train", "baseline@task0", "baseline@task1",
-            "evaluate"]
+# The project's stages in dependency order (ties: dvc.yaml's order): the baseline matrix has one
+# stage per task, and teach (train.distill) stands between the baselines and train.
+PIPELINE = ["ingest", "clean", "select", "augment", "baseline@task0", "baseline@task1", "teach",
+            "train", "evaluate"]
 # The project's graph as DVC reports it: (upstream, downstream).
 EDGES = [("ingest", "clean"), ("clean", "select"), ("ingest", "augment"), ("select", "augment"),
          ("select", "train"), ("augment", "train"), ("train", "evaluate"),
