@@ -162,8 +162,10 @@ def test_stch_with_a_large_eps_is_the_objectives_gradient() -> None:
 
 def test_stch_float32_losses_get_the_float64_weights_rounded_once() -> None:
     """The weights are computed in float64 whatever the losses' dtype and rounded once at the
-    end: float32 losses give exactly the float64 weights of the same values, cast. Rejects
-    computing the logs / softmax in float32 (``.to(None)``)."""
+    end in the losses' dtype: float32 losses give exactly the float64 weights of the same
+    values, cast. Rejects returning the float64 weights uncast. (Not casting the losses to
+    float64 first survives: the float64 nadir promotes the Tchebycheff term anyway, and the
+    warm-up's ``1 / (L + eps)`` is the same correctly rounded float32 either way.)"""
     m = create_weighting("stch", 3, mu=0.3, warmup_epoch=0)
     m.epoch_end(_t([1.3, 0.7, 2.9]), ALL3)
     gen = torch.Generator().manual_seed(0)
