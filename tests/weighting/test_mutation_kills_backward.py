@@ -421,3 +421,57 @@ def test_objective_weights_are_in_the_losses_dtype() -> None:
     assert w.dtype == F64 and total.dtype == F64
     torch.testing.assert_close(w, torch.tensor([2.0, 0.0, 4.0], dtype=F64))
     assert float(total) == 14.0
+
+
+# ------------------------------------------------------------------- multitask_backward inputs
+def test_losses_and_present_of_the_wrong_shape_are_refused() -> None:
+    """``losses`` must be ``[T]`` (a ``[T, 1]`` tensor has the right length but two
+    dimensions) and ``present`` the same shape; the messages name both shapes. Rejects
+    ``and`` for ``or`` in the shape check and the texts replaced."""
+    model = TinyModel()
+    x, y = make_batch()
+    losses, present, z = compute_losses(model, x, y)
+    shared, heads = list(model.shared_parameters()), model.head_parameters()
+    m = create_weighting("equal", 3)
+    with pytest.raises(ValueError, match=r"^losses must have shape \[3\], got \(3, 1\)$"):
+        multitask_backward(m, losses[:, None], present, shared, heads, z)
+    with pytest.raises(ValueError, match=r"^present must have shape \[3\], got \(2,\)$"):
+        multitask_backward(m, losses, present[:2], shared, heads, z)
+
+
+@pytest.mark.parametrize("name", ["dwa", "pcgrad"])
+def test_a_zero_one_present_mask_works_like_a_bool_one(name: str) -> None:
+    """``present`` given as a 0/1 integer tensor is converted to bool: the same weights and
+    gradients as the bool mask, at the loss and at the gradient level. Rejects dropping the
+    ``dtype=torch.bool`` of the conversion (``torch.where`` and indexing need a bool mask)."""
+    results = []
+    for as_int in (False, True):
+        torch.manual_seed(0)
+        model = TinyModel().double()
+        x, y = make_batch(absent=(1,), dtype=F64)
+        losses, present, z = compute_losses(model, x, y)
+        mask = present.to(torch.int64) if as_int else present
+        shared, heads = list(model.shared_parameters()), model.head_parameters()
+        w = multitask_backward(create_weighting(name, 3), losses, mask, shared, heads, z)
+        results.append([w, *[p.grad.clone() for p in model.parameters() if p.grad is not None]])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_loss_level_scale_of_two() -> None:
+    """A loss-level method with ``loss_scale = 2``: every gradient is exactly twice the
+    unscaled one (the contract test uses 64). Rejects comparing the scale with 2 instead of
+    1 to decide whether to multiply."""
+    grads = []
+    for scale in (1.0, 2.0):
+        torch.manual_seed(0)
+        model = TinyModel().double()
+        x, y = make_batch(dtype=F64)
+        losses, present, z = compute_losses(model, x, y)
+        shared, heads = list(model.shared_parameters()), model.head_parameters()
+        multitask_backward(
+            create_weighting("equal", 3), losses, present, shared, heads, z, loss_scale=scale
+        )
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    for g1, g2 in zip(*grads, strict=True):
+        torch.testing.assert_close(g2, 2.0 * g1, rtol=0, atol=0)
