@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from mtl.weighting import create_weighting
+from mtl.weighting import create_weighting, get_weighting_class, list_weightings
 
 F64 = torch.float64
 ALL3 = torch.ones(3, dtype=torch.bool)
@@ -437,3 +437,16 @@ def test_dualproj_integer_preference() -> None:
     ]
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in list_weightings() if get_weighting_class(n).level == "gradient"]
+)
+def test_no_present_task_gives_a_zero_direction(name: str) -> None:
+    """``aggregate`` with no task present (reachable under DDP, where ``multitask_backward``
+    does not return early): a zero direction of the gradients' width and zero weights, with
+    no method called on an empty matrix. Rejects a wrong size of the zero direction."""
+    d, w = create_weighting(name, 3).aggregate(
+        torch.zeros(3, 5, dtype=F64), torch.zeros(3, dtype=F64), _mask(0, 0, 0)
+    )
+    assert torch.equal(d, torch.zeros(5, dtype=F64)) and torch.equal(w, torch.zeros(3, dtype=F64))
