@@ -475,3 +475,12 @@ def test_loss_level_scale_of_two() -> None:
         grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
     for g1, g2 in zip(*grads, strict=True):
         torch.testing.assert_close(g2, 2.0 * g1, rtol=0, atol=0)
+
+
+def test_unknown_hyperparameter_lists_the_accepted_ones() -> None:
+    """The ``TypeError`` for an unknown hyperparameter lists the accepted ones with their
+    defaults, comma-separated, or says ``none`` for a method without any (PCGrad)."""
+    with pytest.raises(TypeError, match=r"\['foo'\]; it accepts: none$"):
+        create_weighting("pcgrad", 3, foo=1)
+    with pytest.raises(TypeError, match=r"it accepts: normalization='none', max_iter=1000$"):
+        create_weighting("mgda", 3, foo=1)
