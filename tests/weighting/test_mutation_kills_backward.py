@@ -484,3 +484,13 @@ def test_unknown_hyperparameter_lists_the_accepted_ones() -> None:
         create_weighting("pcgrad", 3, foo=1)
     with pytest.raises(TypeError, match=r"it accepts: normalization='none', max_iter=1000$"):
         create_weighting("mgda", 3, foo=1)
+
+
+def test_unknown_name_and_no_task_messages() -> None:
+    """An unknown name lists every registered name, comma-separated; ``num_tasks < 1`` says
+    what it got."""
+    names = ", ".join(list_weightings())
+    with pytest.raises(ValueError, match=rf"^unknown weighting 'nope'; valid names: {names}$"):
+        create_weighting("nope", 3)
+    with pytest.raises(ValueError, match=r"^num_tasks must be >= 1, got 0$"):
+        create_weighting("equal", 0)
