@@ -494,3 +494,45 @@ def test_unknown_name_and_no_task_messages() -> None:
         create_weighting("nope", 3)
     with pytest.raises(ValueError, match=r"^num_tasks must be >= 1, got 0$"):
         create_weighting("equal", 0)
+
+
+def test_backend_messages_name_the_method_and_what_is_missing() -> None:
+    """The unsupported-backend error names the method's class and its backends; the missing
+    representation error says what is needed (the contract test matches one word only)."""
+    model = TinyModel()
+    x, y = make_batch()
+    losses, present, z = compute_losses(model, x, y)
+    shared, heads = list(model.shared_parameters()), model.head_parameters()
+    m = create_weighting("moco", 3)
+    with pytest.raises(ValueError, match=r"^weighting MoCo does not support backend='nope'; "
+                       r"supported: \('full',\)$"):  # fmt: skip
+        multitask_backward(m, losses, present, shared, heads, z, backend="nope")
+    with pytest.raises(ValueError, match=r"^backend='representation' needs the shared "
+                       r"representation z$"):  # fmt: skip
+        multitask_backward(create_weighting("pcgrad", 3), losses, present, shared, heads, None,
+                           "representation")  # fmt: skip
+
+
+def test_one_present_task_and_none_at_the_gradient_level() -> None:
+    """One present task: the shared parameters get exactly its gradient (every linear method
+    gives ``d = g`` for one task: PCGrad here). No present task: no gradient at all (``grad``
+    stays ``None``, so an optimiser skips the parameters instead of applying weight decay to
+    a zero gradient). Rejects the early return taken for one task, and not taken for none."""
+    torch.manual_seed(0)
+    model = TinyModel().double()
+    x, y = make_batch(absent=(0, 2), dtype=F64)
+    losses, present, z = compute_losses(model, x, y)
+    shared = list(model.shared_parameters())
+    expected = torch.autograd.grad(losses[1], shared, retain_graph=True)
+    multitask_backward(create_weighting("pcgrad", 3), losses, present, shared,
+                       model.head_parameters(), z)  # fmt: skip
+    for p, g in zip(shared, expected, strict=True):
+        assert p.grad is not None
+        torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-14)
+    model = TinyModel().double()
+    x, y = make_batch(absent=(0, 1, 2), dtype=F64)
+    losses, present, z = compute_losses(model, x, y)
+    w = multitask_backward(create_weighting("pcgrad", 3), losses, present,
+                           list(model.shared_parameters()), model.head_parameters(), z)  # fmt: skip
+    assert torch.equal(w, torch.zeros(3, dtype=F64))
+    assert all(p.grad is None for p in model.parameters())
