@@ -536,3 +536,26 @@ def test_one_present_task_and_none_at_the_gradient_level() -> None:
                            list(model.shared_parameters()), model.head_parameters(), z)  # fmt: skip
     assert torch.equal(w, torch.zeros(3, dtype=F64))
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("backend", ["full", "representation"])
+def test_synchronised_backward_with_nothing_labelled_here(
+    backend: str, one_process_group: None
+) -> None:
+    """Under DDP a process whose shard has no label at all still joins the collectives with
+    zero-row matrices (``[0, P]`` shared, ``[0, *shape]`` per head). On one process nothing is
+    labelled anywhere: zero weights and a zero (or no) gradient everywhere, no error. Rejects
+    a ``None`` / one-row / untyped placeholder for those matrices."""
+    from mtl.train import ProcessGroupTaskGradients
+
+    torch.manual_seed(0)
+    model = TinyModel().double()
+    x, y = make_batch(absent=(0, 1, 2), dtype=F64)
+    losses, present, z = compute_losses(model, x, y)
+    sync = ProcessGroupTaskGradients(torch.zeros(3))
+    w = multitask_backward(create_weighting("pcgrad", 3), losses, present,
+                           list(model.shared_parameters()), model.head_parameters(), z,
+                           backend=backend, sync=sync)  # fmt: skip
+    assert torch.equal(w, torch.zeros(3, dtype=F64))
+    for p in model.parameters():
+        assert p.grad is None or (p.grad.dtype == F64 and torch.count_nonzero(p.grad) == 0)
