@@ -559,3 +559,35 @@ def test_synchronised_backward_with_nothing_labelled_here(
     assert torch.equal(w, torch.zeros(3, dtype=F64))
     for p in model.parameters():
         assert p.grad is None or (p.grad.dtype == F64 and torch.count_nonzero(p.grad) == 0)
+
+
+def test_gradient_level_scale_of_two_and_an_overflow() -> None:
+    """PCGrad (scale-equivariant) with ``loss_scale = 2``: the method sees the unscaled
+    gradients and every gradient is exactly twice the unscaled one. An infinite gradient
+    under ``loss_scale = 2`` is an overflow: the plain sum is written (non-finite, so the
+    ``GradScaler`` skips the step) and the weights are the presence mask, the method is not
+    called on it. Rejects comparing the scale with 2 instead of 1 (dividing it out, or
+    detecting the overflow) and a disabled overflow check."""
+    grads = []
+    for scale in (1.0, 2.0):
+        torch.manual_seed(0)
+        model = TinyModel().double()
+        x, y = make_batch(dtype=F64)
+        losses, present, z = compute_losses(model, x, y)
+        shared, heads = list(model.shared_parameters()), model.head_parameters()
+        multitask_backward(
+            create_weighting("pcgrad", 3), losses, present, shared, heads, z, loss_scale=scale
+        )
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    for g1, g2 in zip(*grads, strict=True):
+        torch.testing.assert_close(g2, 2.0 * g1, rtol=1e-12, atol=1e-14)
+    model = TinyModel().double()
+    x, y = make_batch(absent=(1,), dtype=F64)
+    losses, present, z = compute_losses(model, x, y)
+    losses = losses * torch.tensor([1.0, 1.0, float("inf")], dtype=F64)  # task 2 overflows
+    shared, heads = list(model.shared_parameters()), model.head_parameters()
+    w = multitask_backward(
+        create_weighting("pcgrad", 3), losses, present, shared, heads, z, loss_scale=2.0
+    )
+    assert torch.equal(w, torch.tensor([1.0, 0.0, 1.0], dtype=F64))
+    assert not all(bool(torch.isfinite(p.grad).all()) for p in shared if p.grad is not None)
