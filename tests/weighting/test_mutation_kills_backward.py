@@ -565,8 +565,8 @@ def test_gradient_level_scale_of_two_and_an_overflow() -> None:
     """PCGrad (scale-equivariant) with ``loss_scale = 2``: the method sees the unscaled
     gradients and every gradient is exactly twice the unscaled one. An infinite gradient
     under ``loss_scale = 2`` is an overflow: the plain sum is written (non-finite, so the
-    ``GradScaler`` skips the step) and the weights are the presence mask, the method is not
-    called on it. Rejects comparing the scale with 2 instead of 1 (dividing it out, or
+    ``GradScaler`` skips the step) and the weights are the presence mask, the method (MGDA)
+    is not called on it. Rejects comparing the scale with 2 instead of 1 (dividing it out, or
     detecting the overflow) and a disabled overflow check."""
     grads = []
     for scale in (1.0, 2.0):
@@ -586,8 +586,9 @@ def test_gradient_level_scale_of_two_and_an_overflow() -> None:
     losses, present, z = compute_losses(model, x, y)
     losses = losses * torch.tensor([1.0, 1.0, float("inf")], dtype=F64)  # task 2 overflows
     shared, heads = list(model.shared_parameters()), model.head_parameters()
+    # MGDA (not PCGrad, whose weights stay 1 on a NaN Gram matrix) would return NaN weights
     w = multitask_backward(
-        create_weighting("pcgrad", 3), losses, present, shared, heads, z, loss_scale=2.0
+        create_weighting("mgda", 3), losses, present, shared, heads, z, loss_scale=2.0
     )
     assert torch.equal(w, torch.tensor([1.0, 0.0, 1.0], dtype=F64))
     assert not all(bool(torch.isfinite(p.grad).all()) for p in shared if p.grad is not None)
