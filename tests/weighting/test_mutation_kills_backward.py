@@ -592,3 +592,35 @@ def test_gradient_level_scale_of_two_and_an_overflow() -> None:
     )
     assert torch.equal(w, torch.tensor([1.0, 0.0, 1.0], dtype=F64))
     assert not all(bool(torch.isfinite(p.grad).all()) for p in shared if p.grad is not None)
+
+
+@pytest.mark.parametrize("absent", [(), (0, 2)])
+def test_head_scales_reach_the_heads(absent: tuple[int, ...]) -> None:
+    """IMTL-L's head scales ``e^{s_t}`` (``Weighting.head_scales``) multiply each task's own
+    head gradient, with three present tasks and with one. Rejects ignoring the head scales,
+    passing no presence mask to them, and skipping the heads when one task is present."""
+    torch.manual_seed(0)
+    model = TinyModel().double()
+    x, y = make_batch(absent=absent, dtype=F64)
+    losses, present, z = compute_losses(model, x, y)
+    m = create_weighting("imtl", 3)
+    with torch.no_grad():
+        m.loss_scale.copy_(torch.tensor([0.3, -0.2, 0.5]))  # type: ignore[operator]
+    scales = m.head_scales(losses.detach(), present)  # e^s (float32 parameters)
+    assert scales is not None
+    torch.testing.assert_close(scales.double(), torch.tensor([0.3, -0.2, 0.5]).exp().double())
+    expected = {}
+    for t, task in enumerate(model.tasks):
+        params = list(model.task_parameters(task.name))
+        if bool(present[t]):
+            g = torch.autograd.grad(losses[t], params, retain_graph=True)
+            for p, gp in zip(params, g, strict=True):
+                expected[id(p)] = scales[t].to(F64) * gp
+    multitask_backward(m, losses, present, list(model.shared_parameters()),
+                       model.head_parameters(), z)  # fmt: skip
+    for p in model.head_parameters():
+        if id(p) in expected:
+            assert p.grad is not None
+            torch.testing.assert_close(p.grad, expected[id(p)], rtol=1e-12, atol=1e-14)
+        else:
+            assert p.grad is None or torch.count_nonzero(p.grad) == 0
