@@ -624,3 +624,22 @@ def test_head_scales_reach_the_heads(absent: tuple[int, ...]) -> None:
             torch.testing.assert_close(p.grad, expected[id(p)], rtol=1e-12, atol=1e-14)
         else:
             assert p.grad is None or torch.count_nonzero(p.grad) == 0
+
+
+def test_gradient_level_regulariser_is_back_propagated_scaled() -> None:
+    """IMTL-L at the gradient level: its regulariser (a term of its own parameters) is
+    back-propagated once, times the loss scale, into ``loss_scale.grad``. Rejects dropping
+    the regulariser and dividing it by the scale."""
+    for scale in (1.0, 4.0):
+        torch.manual_seed(0)
+        model = TinyModel().double()
+        x, y = make_batch(dtype=F64)
+        losses, present, z = compute_losses(model, x, y)
+        m = create_weighting("imtl", 3)
+        reg = m.regularization(losses.detach(), present)
+        assert reg is not None
+        (expected,) = torch.autograd.grad(reg, [m.loss_scale])
+        multitask_backward(m, losses, present, list(model.shared_parameters()),
+                           model.head_parameters(), z, loss_scale=scale)  # fmt: skip
+        assert m.loss_scale.grad is not None
+        torch.testing.assert_close(m.loss_scale.grad, scale * expected, rtol=1e-6, atol=0)
