@@ -350,7 +350,9 @@ def _synchronise(
     def rows(m: Tensor) -> Tensor:  # [K, X] -> [T, X]
         return m.new_zeros(num_tasks, m.shape[1]).index_copy_(0, tasks, m)
 
-    heads_flat = [rows(g.reshape(g.shape[0], -1)) for g in head_g]  # each [T, numel(p)]
+    # flatten(1), not reshape(K, -1): with no task labelled on this process K = 0 and -1 is
+    # ambiguous for a tensor of 0 elements
+    heads_flat = [rows(g.flatten(1)) for g in head_g]  # each [T, numel(p)]
     glob_losses, glob_present = sync.losses(losses.detach())
     if backend == "full":
         n_shared = flat.shape[1]

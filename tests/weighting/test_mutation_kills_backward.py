@@ -421,3 +421,225 @@ def test_objective_weights_are_in_the_losses_dtype() -> None:
     assert w.dtype == F64 and total.dtype == F64
     torch.testing.assert_close(w, torch.tensor([2.0, 0.0, 4.0], dtype=F64))
     assert float(total) == 14.0
+
+
+# ------------------------------------------------------------------- multitask_backward inputs
+def test_losses_and_present_of_the_wrong_shape_are_refused() -> None:
+    """``losses`` must be ``[T]`` (a ``[T, 1]`` tensor has the right length but two
+    dimensions) and ``present`` the same shape; the messages name both shapes. Rejects
+    ``and`` for ``or`` in the shape check and the texts replaced."""
+    model = TinyModel()
+    x, y = make_batch()
+    losses, present, z = compute_losses(model, x, y)
+    shared, heads = list(model.shared_parameters()), model.head_parameters()
+    m = create_weighting("equal", 3)
+    with pytest.raises(ValueError, match=r"^losses must have shape \[3\], got \(3, 1\)$"):
+        multitask_backward(m, losses[:, None], present, shared, heads, z)
+    with pytest.raises(ValueError, match=r"^present must have shape \[3\], got \(2,\)$"):
+        multitask_backward(m, losses, present[:2], shared, heads, z)
+
+
+@pytest.mark.parametrize("name", ["dwa", "pcgrad"])
+def test_a_zero_one_present_mask_works_like_a_bool_one(name: str) -> None:
+    """``present`` given as a 0/1 integer tensor is converted to bool: the same weights and
+    gradients as the bool mask, at the loss and at the gradient level. Rejects dropping the
+    ``dtype=torch.bool`` of the conversion (``torch.where`` and indexing need a bool mask)."""
+    results = []
+    for as_int in (False, True):
+        torch.manual_seed(0)
+        model = TinyModel().double()
+        x, y = make_batch(absent=(1,), dtype=F64)
+        losses, present, z = compute_losses(model, x, y)
+        mask = present.to(torch.int64) if as_int else present
+        shared, heads = list(model.shared_parameters()), model.head_parameters()
+        w = multitask_backward(create_weighting(name, 3), losses, mask, shared, heads, z)
+        results.append([w, *[p.grad.clone() for p in model.parameters() if p.grad is not None]])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_loss_level_scale_of_two() -> None:
+    """A loss-level method with ``loss_scale = 2``: every gradient is exactly twice the
+    unscaled one (the contract test uses 64). Rejects comparing the scale with 2 instead of
+    1 to decide whether to multiply."""
+    grads = []
+    for scale in (1.0, 2.0):
+        torch.manual_seed(0)
+        model = TinyModel().double()
+        x, y = make_batch(dtype=F64)
+        losses, present, z = compute_losses(model, x, y)
+        shared, heads = list(model.shared_parameters()), model.head_parameters()
+        multitask_backward(
+            create_weighting("equal", 3), losses, present, shared, heads, z, loss_scale=scale
+        )
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    for g1, g2 in zip(*grads, strict=True):
+        torch.testing.assert_close(g2, 2.0 * g1, rtol=0, atol=0)
+
+
+def test_unknown_hyperparameter_lists_the_accepted_ones() -> None:
+    """The ``TypeError`` for an unknown hyperparameter lists the accepted ones with their
+    defaults, comma-separated, or says ``none`` for a method without any (PCGrad)."""
+    with pytest.raises(TypeError, match=r"\['foo'\]; it accepts: none$"):
+        create_weighting("pcgrad", 3, foo=1)
+    with pytest.raises(TypeError, match=r"it accepts: normalization='none', max_iter=1000$"):
+        create_weighting("mgda", 3, foo=1)
+
+
+def test_unknown_name_and_no_task_messages() -> None:
+    """An unknown name lists every registered name, comma-separated; ``num_tasks < 1`` says
+    what it got."""
+    names = ", ".join(list_weightings())
+    with pytest.raises(ValueError, match=rf"^unknown weighting 'nope'; valid names: {names}$"):
+        create_weighting("nope", 3)
+    with pytest.raises(ValueError, match=r"^num_tasks must be >= 1, got 0$"):
+        create_weighting("equal", 0)
+
+
+def test_backend_messages_name_the_method_and_what_is_missing() -> None:
+    """The unsupported-backend error names the method's class and its backends; the missing
+    representation error says what is needed (the contract test matches one word only)."""
+    model = TinyModel()
+    x, y = make_batch()
+    losses, present, z = compute_losses(model, x, y)
+    shared, heads = list(model.shared_parameters()), model.head_parameters()
+    m = create_weighting("moco", 3)
+    with pytest.raises(ValueError, match=r"^weighting MoCo does not support backend='nope'; "
+                       r"supported: \('full',\)$"):  # fmt: skip
+        multitask_backward(m, losses, present, shared, heads, z, backend="nope")
+    with pytest.raises(ValueError, match=r"^backend='representation' needs the shared "
+                       r"representation z$"):  # fmt: skip
+        multitask_backward(create_weighting("pcgrad", 3), losses, present, shared, heads, None,
+                           "representation")  # fmt: skip
+
+
+def test_one_present_task_and_none_at_the_gradient_level() -> None:
+    """One present task: the shared parameters get exactly its gradient (every linear method
+    gives ``d = g`` for one task: PCGrad here). No present task: no gradient at all (``grad``
+    stays ``None``, so an optimiser skips the parameters instead of applying weight decay to
+    a zero gradient). Rejects the early return taken for one task, and not taken for none."""
+    torch.manual_seed(0)
+    model = TinyModel().double()
+    x, y = make_batch(absent=(0, 2), dtype=F64)
+    losses, present, z = compute_losses(model, x, y)
+    shared = list(model.shared_parameters())
+    expected = torch.autograd.grad(losses[1], shared, retain_graph=True)
+    multitask_backward(create_weighting("pcgrad", 3), losses, present, shared,
+                       model.head_parameters(), z)  # fmt: skip
+    for p, g in zip(shared, expected, strict=True):
+        assert p.grad is not None
+        torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-14)
+    model = TinyModel().double()
+    x, y = make_batch(absent=(0, 1, 2), dtype=F64)
+    losses, present, z = compute_losses(model, x, y)
+    w = multitask_backward(create_weighting("pcgrad", 3), losses, present,
+                           list(model.shared_parameters()), model.head_parameters(), z)  # fmt: skip
+    assert torch.equal(w, torch.zeros(3, dtype=F64))
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("backend", ["full", "representation"])
+def test_synchronised_backward_with_nothing_labelled_here(
+    backend: str, one_process_group: None
+) -> None:
+    """Under DDP a process whose shard has no label at all still joins the collectives with
+    zero-row matrices (``[0, P]`` shared, ``[0, *shape]`` per head). On one process nothing is
+    labelled anywhere: zero weights and a zero (or no) gradient everywhere, no error. Rejects
+    a ``None`` / one-row / untyped placeholder for those matrices."""
+    from mtl.train import ProcessGroupTaskGradients
+
+    torch.manual_seed(0)
+    model = TinyModel().double()
+    x, y = make_batch(absent=(0, 1, 2), dtype=F64)
+    losses, present, z = compute_losses(model, x, y)
+    sync = ProcessGroupTaskGradients(torch.zeros(3))
+    w = multitask_backward(create_weighting("pcgrad", 3), losses, present,
+                           list(model.shared_parameters()), model.head_parameters(), z,
+                           backend=backend, sync=sync)  # fmt: skip
+    assert torch.equal(w, torch.zeros(3, dtype=F64))
+    for p in model.parameters():
+        assert p.grad is None or (p.grad.dtype == F64 and torch.count_nonzero(p.grad) == 0)
+
+
+def test_gradient_level_scale_of_two_and_an_overflow() -> None:
+    """PCGrad (scale-equivariant) with ``loss_scale = 2``: the method sees the unscaled
+    gradients and every gradient is exactly twice the unscaled one. An infinite gradient
+    under ``loss_scale = 2`` is an overflow: the plain sum is written (non-finite, so the
+    ``GradScaler`` skips the step) and the weights are the presence mask, the method (MGDA)
+    is not called on it. Rejects comparing the scale with 2 instead of 1 (dividing it out, or
+    detecting the overflow) and a disabled overflow check."""
+    grads = []
+    for scale in (1.0, 2.0):
+        torch.manual_seed(0)
+        model = TinyModel().double()
+        x, y = make_batch(dtype=F64)
+        losses, present, z = compute_losses(model, x, y)
+        shared, heads = list(model.shared_parameters()), model.head_parameters()
+        multitask_backward(
+            create_weighting("pcgrad", 3), losses, present, shared, heads, z, loss_scale=scale
+        )
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    for g1, g2 in zip(*grads, strict=True):
+        torch.testing.assert_close(g2, 2.0 * g1, rtol=1e-12, atol=1e-14)
+    model = TinyModel().double()
+    x, y = make_batch(absent=(1,), dtype=F64)
+    losses, present, z = compute_losses(model, x, y)
+    losses = losses * torch.tensor([1.0, 1.0, float("inf")], dtype=F64)  # task 2 overflows
+    shared, heads = list(model.shared_parameters()), model.head_parameters()
+    # MGDA (not PCGrad, whose weights stay 1 on a NaN Gram matrix) would return NaN weights
+    w = multitask_backward(
+        create_weighting("mgda", 3), losses, present, shared, heads, z, loss_scale=2.0
+    )
+    assert torch.equal(w, torch.tensor([1.0, 0.0, 1.0], dtype=F64))
+    assert not all(bool(torch.isfinite(p.grad).all()) for p in shared if p.grad is not None)
+
+
+@pytest.mark.parametrize("absent", [(), (0, 2)])
+def test_head_scales_reach_the_heads(absent: tuple[int, ...]) -> None:
+    """IMTL-L's head scales ``e^{s_t}`` (``Weighting.head_scales``) multiply each task's own
+    head gradient, with three present tasks and with one. Rejects ignoring the head scales,
+    passing no presence mask to them, and skipping the heads when one task is present."""
+    torch.manual_seed(0)
+    model = TinyModel().double()
+    x, y = make_batch(absent=absent, dtype=F64)
+    losses, present, z = compute_losses(model, x, y)
+    m = create_weighting("imtl", 3)
+    with torch.no_grad():
+        m.loss_scale.copy_(torch.tensor([0.3, -0.2, 0.5]))  # type: ignore[operator]
+    scales = m.head_scales(losses.detach(), present)  # e^s (float32 parameters)
+    assert scales is not None
+    torch.testing.assert_close(scales.double(), torch.tensor([0.3, -0.2, 0.5]).exp().double())
+    expected = {}
+    for t, task in enumerate(model.tasks):
+        params = list(model.task_parameters(task.name))
+        if bool(present[t]):
+            g = torch.autograd.grad(losses[t], params, retain_graph=True)
+            for p, gp in zip(params, g, strict=True):
+                expected[id(p)] = scales[t].to(F64) * gp
+    multitask_backward(m, losses, present, list(model.shared_parameters()),
+                       model.head_parameters(), z)  # fmt: skip
+    for p in model.head_parameters():
+        if id(p) in expected:
+            assert p.grad is not None
+            torch.testing.assert_close(p.grad, expected[id(p)], rtol=1e-12, atol=1e-14)
+        else:
+            assert p.grad is None or torch.count_nonzero(p.grad) == 0
+
+
+def test_gradient_level_regulariser_is_back_propagated_scaled() -> None:
+    """IMTL-L at the gradient level: its regulariser (a term of its own parameters) is
+    back-propagated once, times the loss scale, into ``loss_scale.grad``. Rejects dropping
+    the regulariser and dividing it by the scale."""
+    for scale in (1.0, 4.0):
+        torch.manual_seed(0)
+        model = TinyModel().double()
+        x, y = make_batch(dtype=F64)
+        losses, present, z = compute_losses(model, x, y)
+        m = create_weighting("imtl", 3)
+        reg = m.regularization(losses.detach(), present)
+        assert reg is not None
+        (expected,) = torch.autograd.grad(reg, [m.loss_scale])
+        multitask_backward(m, losses, present, list(model.shared_parameters()),
+                           model.head_parameters(), z, loss_scale=scale)  # fmt: skip
+        assert m.loss_scale.grad is not None
+        torch.testing.assert_close(m.loss_scale.grad, scale * expected, rtol=1e-6, atol=0)
