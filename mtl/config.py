@@ -418,8 +418,9 @@ def _default_transforms() -> tuple[dict[str, Any], ...]:
 
 @dataclass(frozen=True, config=_CONFIG)
 class AugmentConfig(_Section):
-    """Augmentation of the training split (albumentations' own serialization): online, applied
-    by the training loader per sample and epoch; offline, ``copies`` written to disk."""
+    """Augmentation of the training split (albumentations' own serialization): ``copies``
+    augmented versions of each image (and the original with ``keep_original``), drawn afresh by
+    the training loader in every epoch (online) or written to disk once (offline)."""
 
     image_size: Annotated[tuple[PosInt, PosInt],
                           _sequence_of(2, "[height, width] > 0")] = (28, 28)

@@ -66,9 +66,22 @@ class SplitData:
     features: Tensor | None = None
     transform: Mapping[str, Any] | None = None
     teacher: dict[str, np.ndarray] | None = None
+    #: With online augmentation, the views of each image in one epoch, as the offline stage
+    #: writes them to disk: the original (``augment.keep_original``) and ``copies`` augmented
+    #: variants (``augment.copies``), so online and offline train on as many samples per epoch.
+    copies: int = 1
+    keep_original: bool = False
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def epoch_size(self) -> int:
+        """Samples in one training epoch: ``N``, or ``N * (keep_original + copies)`` with online
+        augmentation. Sample ``j`` is image ``j % N`` in view ``j // N`` (view 0 is the
+        un-augmented original when ``keep_original``)."""
+        if self.transform is None:
+            return len(self)
+        return len(self) * (int(self.keep_original) + self.copies)
 
     def target_tensors(self, tasks: Sequence[TaskSchema]) -> list[Tensor]:
         """Per task, in order: ``[N]`` or ``[N, K]`` (multilabel) float32, NaN = missing."""
@@ -107,6 +120,8 @@ class SplitData:
             h.update(np.ascontiguousarray(self.features.numpy()).tobytes())
         if self.transform is not None:
             h.update(json.dumps(self.transform, sort_keys=True).encode())
+            if (self.copies, self.keep_original) != (1, False):  # (1, False): the digest as before
+                h.update(f"views:{self.copies}:{self.keep_original}".encode())
         if self.teacher is not None:  # absent: the digest of a split without teachers is unchanged
             for name in sorted(self.teacher):
                 a = np.ascontiguousarray(self.teacher[name], dtype=np.float32)
@@ -136,14 +151,21 @@ class BatchDataset(Dataset[Batch]):
         return len(self.data)
 
     def __getitem__(self, key: BatchKey) -> Batch:
-        epoch, idx = key
-        rows = idx.numpy()
-        images = self.data.image_batch(rows)  # [B, H, W, C] uint8
+        epoch, idx = key  # idx [B]: samples in [0, data.epoch_size()), image idx % N
+        n = len(self.data)
+        row_idx = idx % n
+        images = self.data.image_batch(row_idx.numpy())  # [B, H, W, C] uint8, a copy
         if self.augment is not None:
-            images = torch.from_numpy(self.augment(images.numpy(), rows, epoch))
-        f = self.data.features[idx] if self.data.features is not None else None
-        teacher = None if self.teacher is None else [s[idx] for s in self.teacher]
-        return images, f, [t[idx] for t in self.targets], teacher
+            samples = idx.numpy()
+            # augmented views: all but view 0 when the original is kept; each sample (image,
+            # view) has its own seed, so the views of one image differ
+            todo = samples // n >= int(self.data.keep_original)
+            if todo.any():
+                pixels = images.numpy()
+                pixels[todo] = self.augment(pixels[todo], samples[todo], epoch)
+        f = self.data.features[row_idx] if self.data.features is not None else None
+        teacher = None if self.teacher is None else [s[row_idx] for s in self.teacher]
+        return images, f, [t[row_idx] for t in self.targets], teacher
 
 
 def _as_is(batch: Any) -> Any:
@@ -199,17 +221,23 @@ def target_array(column: Any, task: TaskSchema) -> np.ndarray:
     return kind_spec(task).target_array(column, task)
 
 
-def _online_transform(augmented: Path) -> dict[str, Any] | None:
-    """The serialized pipeline training applies, when the augment stage ran online."""
+def _online_transform(augmented: Path) -> tuple[dict[str, Any] | None, int, bool]:
+    """The serialized pipeline training applies, when the augment stage ran online, and the
+    views of each image per epoch (``copies``, ``keep_original``; meta.json's ``views``)."""
     meta = read_json(augmented / "meta.json")
     if not meta.get("online", False):
-        return None
+        return None, 1, False
     path = augmented / TRANSFORM_FILE
     if not path.is_file():
         raise DataError(f"{augmented}: meta.json says online augmentation, expected "
                         f"{TRANSFORM_FILE} next to it, found none; rerun the augment stage")
     transform: dict[str, Any] = read_json(path)
-    return transform
+    views = meta.get("views", {"copies": 1, "keep_original": False})
+    copies, keep = views.get("copies"), views.get("keep_original")
+    if not (isinstance(copies, int) and copies >= 1 and isinstance(keep, bool)):
+        raise DataError(f"{augmented}/meta.json: expected views {{copies: int >= 1, "
+                        f"keep_original: bool}}, found {views!r}; rerun the augment stage")
+    return transform, copies, keep
 
 
 def load_split_data(augmented: Path, split: str, tasks: Sequence[TaskSchema],
@@ -234,6 +262,7 @@ def load_split_data(augmented: Path, split: str, tasks: Sequence[TaskSchema],
     if absent:
         raise DataError(f"{augmented / split}: expected a label column per task, found none for "
                         f"{absent}; rerun the augment stage")
-    transform = _online_transform(augmented) if split == "train" else None
+    transform, copies, keep = (_online_transform(augmented) if split == "train"
+                               else (None, 1, False))
     return SplitData(images, {t.name: target_array(labels[t.name], t) for t in tasks}, feats,
-                     transform)
+                     transform, copies=copies, keep_original=keep)

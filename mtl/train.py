@@ -342,7 +342,7 @@ def _epoch_batches(loop: TrainLoop, data: SplitData,
     from ``data`` in that order (augmented online when ``data`` has a transform), through the
     loop's :class:`BatchFeed` for ``data`` (built on first use: its workers live for the run)."""
     cfg = loop.cfg
-    batches = list(_batches(len(data), cfg.batch_size, loop.generator, loop.dist))
+    batches = list(_batches(data.epoch_size(), cfg.batch_size, loop.generator, loop.dist))
     if loop.feed is None or loop.feed.dataset.data is not data:
         augment = None
         if data.transform is not None:
@@ -689,7 +689,7 @@ def fit(tasks: Sequence[TaskSchema], train: SplitData, val: SplitData, cfg: Trai
     dist_ = dist_ or Distributed()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    steps_per_epoch = math.ceil(math.ceil(len(train) / cfg.batch_size) / cfg.grad_accum)
+    steps_per_epoch = math.ceil(math.ceil(train.epoch_size() / cfg.batch_size) / cfg.grad_accum)
     num_features = 0 if train.features is None else int(train.features.shape[1])
     loop = _build_loop(tasks, cfg, in_channels, num_features, device, steps_per_epoch, dist_)
     path = state_path(cfg, tasks, train, val, in_channels, dist_.world_size)
@@ -804,7 +804,12 @@ def train_stage(cfg: TrainConfig, schema: Mapping[str, Any], meta: Mapping[str, 
     device = select_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     with process_group(dist_, device):
         if dist_.is_main:
-            echo(f"train: {len(train)} training images, {len(val)} validation, device {device}"
+            views = (f" ({train.epoch_size()} samples per epoch: online augmentation, "
+                     f"{train.copies} variant(s) per image"
+                     + (" and the original" if train.keep_original else "") + ")"
+                     if train.transform is not None else "")
+            echo(f"train: {len(train)} training images{views}, {len(val)} validation, "
+                 f"device {device}"
                  f" × {dist_.world_size} process(es), tasks {[t.name for t in tasks]}, "
                  f"{len(cols)} tabular feature(s), weighting {cfg.weighting}"
                  + (f", distilled from {teachers} (weight {cfg.distill.weight}, temperature "

@@ -17,7 +17,7 @@ import torch
 from mtl.augment import OnlineAugment
 from mtl.shards import SHARD_PATTERN, TRANSFORM_FILE, ShardedImages, load_shards, open_shards
 from mtl.splits import BatchDataset, BatchFeed, SplitData, load_split_data
-from mtl.train import fit
+from mtl.train import Distributed, _build_loop, fit, train_one_epoch
 from tests.test_train import TASKS, make_split, tiny_cfg
 
 
@@ -156,3 +156,59 @@ def test_training_applies_the_online_transform(tmp_path: Path) -> None:
                torch.device("cpu"))
     assert not all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     assert online.fingerprint() != plain.fingerprint()
+
+
+def test_online_views_per_epoch_match_the_offline_copies(tmp_path: Path) -> None:
+    """``augment.copies: 2`` with ``keep_original``: an online epoch has 3 N samples, like the
+    offline shards: view 0 is the original, views 1 and 2 are two different variants, and each
+    sample carries its own image's labels."""
+    write_shards(tmp_path, "train", make_split(20, 0, missing=0.3), shard_size=8,
+                 meta={"online": True, "views": {"copies": 2, "keep_original": True}})
+    (tmp_path / TRANSFORM_FILE).write_text(json.dumps(A.to_dict(A.from_dict(
+        {"transform": AFFINE}))))
+    data = load_split_data(tmp_path, "train", TASKS)
+    assert (len(data), data.epoch_size(), data.copies, data.keep_original) == (20, 60, 2, True)
+    assert data.transform is not None
+    ds = BatchDataset(data, TASKS, OnlineAugment(data.transform, (12, 12), 0))
+    samples = torch.arange(60).flip(0)  # any order: a sample's view is sample // N
+    images, _, targets, _ = ds[(0, samples)]
+    by_sample = dict(zip(samples.tolist(), images.numpy(), strict=True))
+    originals = data.images[np.arange(20)]
+    for i in range(20):
+        assert np.array_equal(by_sample[i], originals[i])  # view 0: the original
+        one, two = by_sample[20 + i], by_sample[40 + i]
+        assert not np.array_equal(one, originals[i]) and not np.array_equal(one, two)
+    for t, y in zip(TASKS, targets, strict=True):
+        expected = torch.from_numpy(data.targets[t.name][(samples % 20).numpy()])
+        assert torch.equal(torch.nan_to_num(y, -1.0), torch.nan_to_num(expected, -1.0))
+    # the views are part of the content: a resumed state of another setting is not reused
+    assert data.fingerprint() != replace(data, copies=1).fingerprint()
+    assert data.fingerprint() != replace(data, keep_original=False).fingerprint()
+
+
+def test_training_takes_as_many_steps_online_as_offline(tmp_path: Path) -> None:
+    """One online epoch over N images with 1 copy and the original is 2 N samples: the
+    schedule's steps per epoch and the loop's step count follow the epoch size, not N."""
+    write_shards(tmp_path, "train", make_split(40, 0), shard_size=16,
+                 meta={"online": True, "views": {"copies": 1, "keep_original": True}})
+    (tmp_path / TRANSFORM_FILE).write_text(json.dumps(A.to_dict(A.from_dict(
+        {"transform": AFFINE}))))
+    data = load_split_data(tmp_path, "train", TASKS)
+    cfg = tiny_cfg(tmp_path / "s", epochs=1, batch_size=8, log_conflict_every=0,
+                   scheduler="step", step_size=1, gamma=0.5, warmup_epochs=0.0)
+    loop = _build_loop(TASKS, cfg, 1, 0, torch.device("cpu"), 10, Distributed())
+    assert train_one_epoch(loop, data, 0).steps == 10  # 80 samples / 8: 5 = one view per image
+    # fit's schedule counts the same epoch: after one epoch the step schedule has halved the
+    # rate once (with 5 steps per epoch in the schedule, 10 steps would halve it twice)
+    _, result = fit(TASKS, data, make_split(16, 1), cfg, 1, torch.device("cpu"))
+    assert result.history[-1]["train/lr"] == pytest.approx(cfg.lr * 0.5)
+
+
+def test_views_in_meta_are_checked(tmp_path: Path) -> None:
+    write_shards(tmp_path, "train", make_split(8, 0), shard_size=8,
+                 meta={"online": True, "views": {"copies": 0, "keep_original": True}})
+    (tmp_path / TRANSFORM_FILE).write_text(json.dumps(A.to_dict(A.from_dict(
+        {"transform": AFFINE}))))
+    with pytest.raises(ValueError, match=r"expected views \{copies: int >= 1, keep_original: "
+                                         r"bool\}, found \{'copies': 0"):
+        load_split_data(tmp_path, "train", TASKS)

@@ -120,12 +120,16 @@ def augment(splits: Mapping[str, pd.DataFrame], dataset_dir: Path, mode: str,
             cfg: AugmentConfig, out_dir: Path) -> AugmentResult:
     """Decode, resize and augment each split into ``out_dir/<split>/`` shards and labels.
 
-    Online (``cfg.online`` with transforms), every split is written resized only and the
-    pipeline goes to ``out_dir/transform.json`` for training to apply; ``copies`` and
-    ``keep_original`` are offline settings.
+    Online (``cfg.online`` with transforms and ``copies > 0``), every split is written resized
+    only and the pipeline goes to ``out_dir/transform.json`` for training to apply, with the
+    views of each training image per epoch in ``meta.json`` (``views``: the original when
+    ``keep_original``, and ``copies`` fresh variants): an epoch has as many samples as the
+    offline copies on disk, so switching ``online`` changes where augmentation happens and how
+    often the variants change, not the training budget. ``copies: 0`` augments nothing in
+    either mode.
     """
     transform = build_transform(cfg.transforms, seed=cfg.seed) if cfg.transforms else None
-    online = cfg.online and transform is not None
+    online = cfg.online and transform is not None and cfg.copies > 0
     channels = 1 if mode == "L" else 3
     counts: dict[str, int] = {}
     (out_dir / TRANSFORM_FILE).unlink(missing_ok=True)
@@ -139,8 +143,11 @@ def augment(splits: Mapping[str, pd.DataFrame], dataset_dir: Path, mode: str,
     if online:
         write_json(out_dir / TRANSFORM_FILE, A.to_dict(transform))
     result = AugmentResult(counts, cfg.image_size, channels)
-    write_json(out_dir / "meta.json", {"counts": counts, "image_size": list(cfg.image_size),
-                                       "channels": channels, "mode": mode, "online": online})
+    meta: dict[str, Any] = {"counts": counts, "image_size": list(cfg.image_size),
+                            "channels": channels, "mode": mode, "online": online}
+    if online:
+        meta["views"] = {"copies": cfg.copies, "keep_original": cfg.keep_original}
+    write_json(out_dir / "meta.json", meta)
     return result
 
 

@@ -86,6 +86,8 @@ def test_online_writes_originals_and_the_transform_offline_writes_copies(
     assert set(labels["copy"]) == {0}
     meta = json.loads((tmp_path / "on" / "meta.json").read_text())
     assert meta["online"] is True
+    # each epoch: the original and 2 fresh variants per image, as many samples as offline
+    assert meta["views"] == {"copies": 2, "keep_original": True}
     # the serialized pipeline rebuilds the same transform (same output for the same seed)
     spec = json.loads((tmp_path / "on" / TRANSFORM_FILE).read_text())
     rebuilt, direct = A.from_dict(spec), build_transform([AFFINE])
@@ -127,3 +129,16 @@ def test_labels_table_round_trip(make_dataset, tmp_path: Path) -> None:  # type:
     images, labels = load_shards(tmp_path / "a" / "test")
     assert images.shape[1:] == (8, 8, 3)
     assert isinstance(labels, pd.DataFrame)
+
+
+def test_online_with_no_copies_augments_nothing(make_dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``copies: 0`` means no augmented sample in either mode: online writes no transform (it
+    used to augment every image each epoch whatever ``copies`` said)."""
+    ds, root = make_dataset(n=12, split=True)
+    splits = select(clean(ds, CleanConfig(min_size=4, workers=1)).manifest, ds,
+                    SelectConfig()).splits
+    out = augment(splits, root, "L", AugmentConfig(image_size=(12, 12), copies=0,
+                                                   transforms=(AFFINE,)), tmp_path / "on")
+    assert out.counts["train"] == len(splits["train"])
+    assert not (tmp_path / "on" / TRANSFORM_FILE).exists()
+    assert json.loads((tmp_path / "on" / "meta.json").read_text())["online"] is False
