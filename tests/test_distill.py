@@ -5,6 +5,7 @@ a tiny training run that follows its teacher."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -149,8 +150,9 @@ def test_teacher_files_round_trip(tmp_path: Path) -> None:
         assert got[name].dtype == np.float32 and np.array_equal(got[name], array)
     manifest = json.loads((folder / TEACHERS_FILE).read_text())
     assert manifest["enabled"] is True and manifest["n"] == 5
-    assert manifest["tasks"]["a"] == {"kind": "multiclass", "head": 3, "n": 5,
-                                      "checkpoint_sha256": "0" * 64}
+    assert manifest["tasks"]["a"] == {
+        "kind": "multiclass", "head": 3, "n": 5, "checkpoint_sha256": "0" * 64,
+        "sha256": hashlib.sha256(_outputs(5)["a"].tobytes()).hexdigest()}
 
 
 @pytest.mark.parametrize("case,message", [
@@ -180,6 +182,41 @@ def test_misaligned_teachers_are_refused(case: str, message: str, tmp_path: Path
     with pytest.raises(TeacherError, match="teach") as err:
         read_teachers(folder, TASKS, n, fingerprint)
     assert message in str(err.value)
+
+
+def test_a_changed_teacher_array_is_refused(tmp_path: Path) -> None:
+    """teachers.json binds each <task>.npy's content: rows shuffled (or the file of another
+    teach run with the same shape) would silently pair row i's target with another row's
+    teacher output; the split's fingerprint alone does not see it."""
+    folder = _written(tmp_path)
+    a = np.load(folder / "a.npy")
+    np.save(folder / "a.npy", a[::-1].copy())  # same shape, same values, rows reversed
+    with pytest.raises(TeacherError) as err:
+        read_teachers(folder, TASKS, 5, "f" * 64)
+    assert "'a'" in str(err.value) and "sha256" in str(err.value)
+    assert "run `dvc repro teach`" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_teacher_outputs_are_refused(bad: float, tmp_path: Path) -> None:
+    """A teacher output NaN/inf would make the task's loss non-finite mid-training (reported
+    as a training divergence); the teach stage and the train stage refuse it, naming the task
+    and the row."""
+    outputs = _outputs(5)
+    outputs["c"][3, 0] = bad
+    with pytest.raises(TeacherError) as err:
+        teacher_manifest(TASKS, outputs, {t.name: "0" * 64 for t in TASKS}, "f" * 64)
+    assert "'c'" in str(err.value) and "row 3" in str(err.value)
+    folder = _written(tmp_path)
+    c = np.load(folder / "c.npy")
+    c[3, 0] = bad
+    np.save(folder / "c.npy", c)
+    manifest = json.loads((folder / TEACHERS_FILE).read_text())
+    manifest["tasks"]["c"]["sha256"] = hashlib.sha256(c.tobytes()).hexdigest()  # content "valid"
+    (folder / TEACHERS_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(TeacherError) as err:
+        read_teachers(folder, TASKS, 5, "f" * 64)
+    assert "'c'" in str(err.value) and "row 3" in str(err.value) and "non-finite" in str(err.value)
 
 
 # ----------------------------------------------------------------------------- the teach stage
