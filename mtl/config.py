@@ -539,11 +539,18 @@ class Params(_Section):
 
     @classmethod
     def _cross_problems(cls, v: Mapping[str, Any]) -> list[Problem]:
+        out: list[Problem] = []
+        # train.distill's teachers are the baseline@<task> models: without them the teach stage
+        # could only fail after every data stage ran; say so before any stage runs.
+        if _has(v, "train", "evaluate") and v["train"].distill.enabled \
+                and not v["evaluate"].baselines:
+            out.append(("train.distill.enabled", "true needs evaluate.baselines: true (the "
+                        "single-task baselines are the teachers), found evaluate.baselines: "
+                        "false"))
         # Keys naming tasks of another section: train.distill's per-task overrides.
         if not _has(v, "dataset", "train"):
-            return []
+            return out
         names = sorted({t.name for t in v["dataset"].tasks})
-        out: list[Problem] = []
         for key in ("task_weights", "task_temperatures"):
             unknown = sorted(set(getattr(v["train"].distill, key)) - set(names))
             if unknown:

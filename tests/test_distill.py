@@ -321,6 +321,23 @@ def test_config_errors(distill: dict[str, Any], problem: str) -> None:
     assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
 
 
+def test_distillation_without_baselines_is_a_config_error() -> None:
+    """The teachers are the baseline stages' models: with evaluate.baselines false they are
+    "skipped" markers and teach could only fail after every data stage ran; the config says so
+    before any stage runs."""
+    raw = _params(enabled=True)
+    raw["evaluate"]["baselines"] = False
+    with pytest.raises(ConfigError) as err:
+        validate_params(raw)
+    assert any(p.startswith("params.train.distill.enabled: true needs evaluate.baselines: true")
+               for p in err.value.problems), err.value.problems
+    raw["train"]["distill"]["enabled"] = False  # off: baselines may be off too
+    assert validate_params(raw).evaluate.baselines is False
+    raw["train"]["distill"]["enabled"] = True
+    raw["evaluate"]["baselines"] = True
+    assert validate_params(raw).train.distill.enabled is True
+
+
 def test_a_baseline_never_distils(tmp_path: Path) -> None:
     cfg = tiny_cfg(tmp_path, distill=DistillConfig(enabled=True, weight=0.9))
     assert baseline_config(cfg, "a").distill == DistillConfig()
