@@ -389,6 +389,25 @@ def test_distilled_student_follows_its_teacher_through_random_labels(tmp_path: P
     assert agreement[1.0] > 0.7 and agreement[1.0] > agreement[0.0] + 0.25, agreement
 
 
+def test_weight_zero_trains_bit_identically_to_distillation_off(tmp_path: Path) -> None:
+    """w = 0 for every task: the same losses, batch order and RNG stream as without teachers, so
+    the same weights (catches a teacher path that draws random numbers, reorders batches or
+    changes the loss by a rounding); a per-task override only changes its own task."""
+    train, val = make_split(64, 0, missing=0.3), make_split(16, 1)
+    taught = dataclasses.replace(train, teacher=_teacher_for(make_split(64, 0)))
+
+    def weights(name: str, data: SplitData, distill: DistillConfig) -> dict[str, torch.Tensor]:
+        cfg = tiny_cfg(tmp_path / name, epochs=1, weighting="dwa", distill=distill)
+        model, _ = fit(TASKS, data, val, cfg, 1, torch.device("cpu"))
+        return model.state_dict()
+
+    off = weights("off", train, DistillConfig())
+    zero = weights("zero", taught, DistillConfig(enabled=True, weight=0.0))
+    assert all(torch.equal(off[k], zero[k]) for k in off)
+    only_a = weights("a", taught, DistillConfig(enabled=True, weight=0.0, task_weights={"a": 1.0}))
+    assert not all(torch.equal(off[k], only_a[k]) for k in off)
+
+
 def test_batches_carry_the_teacher_rows_of_their_samples() -> None:
     data = make_split(10, 0)
     data = dataclasses.replace(data, teacher=_teacher_for(data))
