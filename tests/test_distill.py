@@ -289,6 +289,25 @@ def test_teach_on_refuses_a_skipped_or_missing_baseline(skip: str, tmp_path: Pat
     assert "evaluate.baselines: true" in str(err.value)
 
 
+@pytest.mark.parametrize("field,value", [("image_size", [16, 16]), ("in_channels", 3),
+                                         ("num_features", 2)])
+def test_teach_refuses_a_baseline_trained_on_other_inputs(field: str, value: Any,
+                                                          tmp_path: Path) -> None:
+    """A stale baseline (other image size, channels or tabular features than the training
+    split, e.g. `mtl teach` run by hand after the augment stage changed) would still run on
+    these images (the backbone pools globally) and give meaningless soft targets: refused."""
+    schema, _, augmented = _stage_inputs(tmp_path)
+    baselines = _baselines(tmp_path)
+    raw = torch.load(baselines / "b.pt", weights_only=True)
+    raw["model"][field] = value
+    save_checkpoint(baselines / "b.pt", raw)
+    with pytest.raises(CheckpointError) as err:
+        teach_stage(True, schema, augmented, baselines, "cpu", echo=lambda _: None)
+    assert str(baselines / "b.pt") in str(err.value) and "rerun its baseline stage" in str(
+        err.value)
+    assert "[12, 12] images, 1 channel(s), 0 tabular feature(s)" in str(err.value)
+
+
 # ----------------------------------------------------------------------------- config and DVC
 def _params(**distill: Any) -> dict[str, Any]:
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
