@@ -556,6 +556,13 @@ class Params(_Section):
             if unknown:
                 out.append((f"train.distill.{key}", f"unknown task(s) {unknown} "
                             f"(tasks: {names})"))
+        # Regression's soft loss is MSE to the teacher's value: a temperature would be ignored.
+        regression = sorted(set(v["train"].distill.task_temperatures) & {
+            t.name for t in v["dataset"].tasks if t.kind == TaskKind.REGRESSION})
+        if regression:
+            out.append(("train.distill.task_temperatures", f"regression task(s) {regression} "
+                        "have no temperature (their soft loss is the MSE to the teacher's "
+                        "value): remove them"))
         return out
 
 

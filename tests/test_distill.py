@@ -357,6 +357,20 @@ def test_distillation_without_baselines_is_a_config_error() -> None:
     assert validate_params(raw).train.distill.enabled is True
 
 
+def test_a_temperature_for_a_regression_task_is_a_config_error() -> None:
+    """Regression's soft loss is MSE to the teacher's value: a per-task temperature for it
+    would be silently ignored."""
+    raw = _params(task_temperatures={"right": 4.0})
+    raw["dataset"]["tasks"][1]["kind"] = "regression"
+    with pytest.raises(ConfigError) as err:
+        validate_params(raw)
+    assert any(p.startswith("params.train.distill.task_temperatures: regression task(s) "
+                            "['right'] have no temperature") for p in err.value.problems), \
+        err.value.problems
+    raw["train"]["distill"]["task_temperatures"] = {"left": 4.0}  # a classification task: fine
+    assert validate_params(raw).train.distill.task_temperature("left") == 4.0
+
+
 def test_a_baseline_never_distils(tmp_path: Path) -> None:
     cfg = tiny_cfg(tmp_path, distill=DistillConfig(enabled=True, weight=0.9))
     assert baseline_config(cfg, "a").distill == DistillConfig()
