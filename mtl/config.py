@@ -540,16 +540,30 @@ class Params(_Section):
 
     @classmethod
     def _cross_problems(cls, v: Mapping[str, Any]) -> list[Problem]:
+        out: list[Problem] = []
+        # train.distill's teachers are the baseline@<task> models: without them the teach stage
+        # could only fail after every data stage ran; say so before any stage runs.
+        if _has(v, "train", "evaluate") and v["train"].distill.enabled \
+                and not v["evaluate"].baselines:
+            out.append(("train.distill.enabled", "true needs evaluate.baselines: true (the "
+                        "single-task baselines are the teachers), found evaluate.baselines: "
+                        "false"))
         # Keys naming tasks of another section: train.distill's per-task overrides.
         if not _has(v, "dataset", "train"):
-            return []
+            return out
         names = sorted({t.name for t in v["dataset"].tasks})
-        out: list[Problem] = []
         for key in ("task_weights", "task_temperatures"):
             unknown = sorted(set(getattr(v["train"].distill, key)) - set(names))
             if unknown:
                 out.append((f"train.distill.{key}", f"unknown task(s) {unknown} "
                             f"(tasks: {names})"))
+        # Regression's soft loss is MSE to the teacher's value: a temperature would be ignored.
+        regression = sorted(set(v["train"].distill.task_temperatures) & {
+            t.name for t in v["dataset"].tasks if t.kind == TaskKind.REGRESSION})
+        if regression:
+            out.append(("train.distill.task_temperatures", f"regression task(s) {regression} "
+                        "have no temperature (their soft loss is the MSE to the teacher's "
+                        "value): remove them"))
         return out
 
 

@@ -5,7 +5,8 @@ outputs as extra, soft targets. The ``teach`` stage (:mod:`mtl.teach`) runs ever
 ``models/baselines/<task>.pt`` over the training split, exactly as the train stage loads it,
 and writes ``data/teachers/``: one ``<task>.npy`` per task (float32 ``[N, K]``, the raw head
 output: logits or the standardised regression value) and ``teachers.json`` (per task the
-checkpoint's SHA-256, head size, kind and ``N``; the training split's fingerprint). With
+checkpoint's SHA-256, head size, kind, ``N`` and the SHA-256 of the array itself, so a shuffled
+or swapped ``<task>.npy`` is refused; the training split's fingerprint). With
 distillation off it writes only :func:`disabled_marker`, byte-identical every time, so a
 retrained baseline changes nothing the train stage depends on. This module is shared by the
 teach and train stages; neither imports the other.
@@ -39,6 +40,7 @@ un-augmented original, and the student's augmented view of it is matched to that
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -79,11 +81,31 @@ def disabled_marker() -> bytes:
     return (json.dumps({"format": FORMAT, "enabled": False}, sort_keys=True) + "\n").encode()
 
 
+def _array_sha256(array: np.ndarray) -> str:
+    """SHA-256 of a teacher array's float32 content (row order included)."""
+    return hashlib.sha256(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
+
+
+def _check_finite(where: str, task: str, array: np.ndarray, advice: str) -> None:
+    """Refuse NaN/inf teacher outputs: on a labelled row they would make the task's loss
+    non-finite mid-training, reported as a divergence of the student instead of a bad teacher."""
+    bad = ~np.isfinite(array.reshape(len(array), -1))  # [N, K]
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise TeacherError(f"{where}: expected finite teacher outputs for task {task!r}, found "
+                           f"{int(bad.sum())} non-finite value(s) in {len(rows)} row(s) (first: "
+                           f"row {int(rows[0])}); {advice}")
+
+
 def teacher_manifest(tasks: Sequence[TaskSchema], outputs: Mapping[str, np.ndarray],
                      checkpoint_sha256: Mapping[str, str], fingerprint: str) -> dict[str, Any]:
-    """``teachers.json`` of distillation on: per task its kind, head size, ``N`` and the
-    teacher checkpoint's SHA-256; ``fingerprint`` is the training split's
-    (:meth:`mtl.splits.SplitData.fingerprint`, taken before any teacher is attached)."""
+    """``teachers.json`` of distillation on: per task its kind, head size, ``N``, the
+    teacher checkpoint's SHA-256 and the SHA-256 of the output array; ``fingerprint`` is the
+    training split's (:meth:`mtl.splits.SplitData.fingerprint`, taken before any teacher is
+    attached). Non-finite outputs are refused (:class:`TeacherError`)."""
+    for t in tasks:
+        _check_finite("teach", t.name, outputs[t.name],
+                      f"its baseline (baseline@{t.name}) is broken: retrain it")
     n = {int(outputs[t.name].shape[0]) for t in tasks}
     if len(n) > 1:
         raise ValueError(f"teach: expected one row count for every task, found {sorted(n)}")
@@ -92,7 +114,8 @@ def teacher_manifest(tasks: Sequence[TaskSchema], outputs: Mapping[str, np.ndarr
         "train_fingerprint": fingerprint,
         "tasks": {t.name: {"kind": t.kind.value, "head": int(outputs[t.name].shape[1]),
                            "n": int(outputs[t.name].shape[0]),
-                           "checkpoint_sha256": checkpoint_sha256[t.name]} for t in tasks},
+                           "checkpoint_sha256": checkpoint_sha256[t.name],
+                           "sha256": _array_sha256(outputs[t.name])} for t in tasks},
     }
 
 
@@ -114,7 +137,9 @@ def read_teachers(folder: Path, tasks: Sequence[TaskSchema], n: int,
                   fingerprint: str) -> dict[str, np.ndarray]:
     """The teachers' outputs ``{task: [N, K] float32}`` for the training split of ``n`` rows
     and ``fingerprint``; a folder written for other data, other tasks or with distillation off
-    is refused (:class:`TeacherError`, expected vs found), a missing one too."""
+    is refused (:class:`TeacherError`, expected vs found), a missing one too, and so is an
+    array whose content is not the one ``teachers.json`` records (rows shuffled, a file from
+    another run) or holds NaN/inf."""
     path = folder / TEACHERS_FILE
     if not path.is_file():
         raise TeacherError(f"train.distill.enabled is true: expected the teach stage's soft "
@@ -146,7 +171,16 @@ def read_teachers(folder: Path, tasks: Sequence[TaskSchema], n: int,
                 f"{file}: expected the teacher output of task {t.name!r} of shape {list(expected)} "
                 f"({t.kind.value}), found shape {list(array.shape)} (recorded head "
                 f"{entry.get('head')}, kind {entry.get('kind')}); {_RUN_TEACH}")
-        out[t.name] = np.ascontiguousarray(array, dtype=np.float32)
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        digest = _array_sha256(array)
+        if entry.get("sha256") != digest:
+            raise TeacherError(
+                f"{file}: expected the teacher outputs {path.name} records for task {t.name!r} "
+                f"(sha256 {str(entry.get('sha256'))[:16]}), found content with sha256 "
+                f"{digest[:16]}: the file was changed or comes from another teach run; "
+                f"{_RUN_TEACH}")
+        _check_finite(str(file), t.name, array, _RUN_TEACH)
+        out[t.name] = array
     return out
 
 

@@ -29,7 +29,7 @@ from mtl.device import select_device
 from mtl.distill import teacher_manifest
 from mtl.inference import predict
 from mtl.schema import TaskSchema
-from mtl.splits import feature_columns, load_split_data
+from mtl.splits import SplitData, feature_columns, load_split_data
 
 __all__ = ["TeachResult", "teach_stage"]
 
@@ -51,8 +51,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _teacher_path(baselines: Path, task: TaskSchema) -> Path:
-    """``task``'s trained baseline checkpoint; a missing file or a skipped marker is an error."""
+def _teacher_path(baselines: Path, task: TaskSchema) -> tuple[Path, Mapping[str, Any]]:
+    """``task``'s trained baseline checkpoint and its ``model`` record (architecture, input
+    shape); a missing file or a skipped marker is an error."""
     path = baselines / f"{task.name}.pt"
     need = ("train.distill needs a trained single-task baseline per task as its teacher: set "
             "evaluate.baselines: true and run `dvc repro teach` (it trains the baselines first)")
@@ -63,7 +64,25 @@ def _teacher_path(baselines: Path, task: TaskSchema) -> Path:
     if isinstance(raw, dict) and raw.get("format") == SKIPPED_BASELINE_FORMAT:
         raise CheckpointError(f"teach: task {task.name!r}: expected a trained baseline at {path}, "
                               f"found a 'skipped' marker ({raw.get('reason', 'skipped')}); {need}")
-    return path
+    model = raw.get("model") if isinstance(raw, dict) else None
+    return path, model if isinstance(model, dict) else {}
+
+
+def _check_inputs(path: Path, model: Mapping[str, Any], train: SplitData) -> None:
+    """Refuse a baseline trained on other inputs than the training split (a stale checkpoint:
+    the backbone pools globally, so other-sized images would still run and give meaningless
+    soft targets; other channels or features would fail deep inside the model)."""
+    _, h, w, c = (int(d) for d in train.images.shape)  # [N, H, W, C]
+    f = 0 if train.features is None else int(train.features.shape[1])  # [N, F]
+    expected = ([h, w], c, f)
+    found = ([int(d) for d in model.get("image_size", [])], model.get("in_channels"),
+             model.get("num_features", 0))
+    if found != expected:
+        raise CheckpointError(
+            f"teach: {path}: expected a baseline trained on this training split's inputs "
+            f"({expected[0]} images, {c} channel(s), {f} tabular feature(s)), found "
+            f"{found[0]} images, {found[1]} channel(s), {found[2]} tabular feature(s); "
+            f"rerun its baseline stage")
 
 
 def teach_stage(enabled: bool, schema: Mapping[str, Any], augmented: Path, baselines: Path,
@@ -80,8 +99,11 @@ def teach_stage(enabled: bool, schema: Mapping[str, Any], augmented: Path, basel
         echo("teach: train.distill.enabled is false: nothing read, the constant marker written")
         return TeachResult(None)
     tasks = tuple(TaskSchema.from_dict(d) for d in schema["tasks"])
-    paths = {t.name: _teacher_path(baselines, t) for t in tasks}  # every error before any work
+    found = {t.name: _teacher_path(baselines, t) for t in tasks}  # every error before any work
+    paths = {name: path for name, (path, _) in found.items()}
     train = load_split_data(augmented, "train", tasks, feature_columns(schema), stream=True)
+    for path, model in found.values():
+        _check_inputs(path, model, train)
     dev = select_device(device)
     outputs: dict[str, np.ndarray] = {}
     for t in tasks:

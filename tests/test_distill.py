@@ -5,6 +5,7 @@ a tiny training run that follows its teacher."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -149,8 +150,9 @@ def test_teacher_files_round_trip(tmp_path: Path) -> None:
         assert got[name].dtype == np.float32 and np.array_equal(got[name], array)
     manifest = json.loads((folder / TEACHERS_FILE).read_text())
     assert manifest["enabled"] is True and manifest["n"] == 5
-    assert manifest["tasks"]["a"] == {"kind": "multiclass", "head": 3, "n": 5,
-                                      "checkpoint_sha256": "0" * 64}
+    assert manifest["tasks"]["a"] == {
+        "kind": "multiclass", "head": 3, "n": 5, "checkpoint_sha256": "0" * 64,
+        "sha256": hashlib.sha256(_outputs(5)["a"].tobytes()).hexdigest()}
 
 
 @pytest.mark.parametrize("case,message", [
@@ -180,6 +182,41 @@ def test_misaligned_teachers_are_refused(case: str, message: str, tmp_path: Path
     with pytest.raises(TeacherError, match="teach") as err:
         read_teachers(folder, TASKS, n, fingerprint)
     assert message in str(err.value)
+
+
+def test_a_changed_teacher_array_is_refused(tmp_path: Path) -> None:
+    """teachers.json binds each <task>.npy's content: rows shuffled (or the file of another
+    teach run with the same shape) would silently pair row i's target with another row's
+    teacher output; the split's fingerprint alone does not see it."""
+    folder = _written(tmp_path)
+    a = np.load(folder / "a.npy")
+    np.save(folder / "a.npy", a[::-1].copy())  # same shape, same values, rows reversed
+    with pytest.raises(TeacherError) as err:
+        read_teachers(folder, TASKS, 5, "f" * 64)
+    assert "'a'" in str(err.value) and "sha256" in str(err.value)
+    assert "run `dvc repro teach`" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_teacher_outputs_are_refused(bad: float, tmp_path: Path) -> None:
+    """A teacher output NaN/inf would make the task's loss non-finite mid-training (reported
+    as a training divergence); the teach stage and the train stage refuse it, naming the task
+    and the row."""
+    outputs = _outputs(5)
+    outputs["c"][3, 0] = bad
+    with pytest.raises(TeacherError) as err:
+        teacher_manifest(TASKS, outputs, {t.name: "0" * 64 for t in TASKS}, "f" * 64)
+    assert "'c'" in str(err.value) and "row 3" in str(err.value)
+    folder = _written(tmp_path)
+    c = np.load(folder / "c.npy")
+    c[3, 0] = bad
+    np.save(folder / "c.npy", c)
+    manifest = json.loads((folder / TEACHERS_FILE).read_text())
+    manifest["tasks"]["c"]["sha256"] = hashlib.sha256(c.tobytes()).hexdigest()  # content "valid"
+    (folder / TEACHERS_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(TeacherError) as err:
+        read_teachers(folder, TASKS, 5, "f" * 64)
+    assert "'c'" in str(err.value) and "row 3" in str(err.value) and "non-finite" in str(err.value)
 
 
 # ----------------------------------------------------------------------------- the teach stage
@@ -252,6 +289,25 @@ def test_teach_on_refuses_a_skipped_or_missing_baseline(skip: str, tmp_path: Pat
     assert "evaluate.baselines: true" in str(err.value)
 
 
+@pytest.mark.parametrize("field,value", [("image_size", [16, 16]), ("in_channels", 3),
+                                         ("num_features", 2)])
+def test_teach_refuses_a_baseline_trained_on_other_inputs(field: str, value: Any,
+                                                          tmp_path: Path) -> None:
+    """A stale baseline (other image size, channels or tabular features than the training
+    split, e.g. `mtl teach` run by hand after the augment stage changed) would still run on
+    these images (the backbone pools globally) and give meaningless soft targets: refused."""
+    schema, _, augmented = _stage_inputs(tmp_path)
+    baselines = _baselines(tmp_path)
+    raw = torch.load(baselines / "b.pt", weights_only=True)
+    raw["model"][field] = value
+    save_checkpoint(baselines / "b.pt", raw)
+    with pytest.raises(CheckpointError) as err:
+        teach_stage(True, schema, augmented, baselines, "cpu", echo=lambda _: None)
+    assert str(baselines / "b.pt") in str(err.value) and "rerun its baseline stage" in str(
+        err.value)
+    assert "[12, 12] images, 1 channel(s), 0 tabular feature(s)" in str(err.value)
+
+
 # ----------------------------------------------------------------------------- config and DVC
 def _params(**distill: Any) -> dict[str, Any]:
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
@@ -282,6 +338,37 @@ def test_config_errors(distill: dict[str, Any], problem: str) -> None:
     with pytest.raises(ConfigError) as err:
         validate_params(_params(**distill))
     assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
+
+
+def test_distillation_without_baselines_is_a_config_error() -> None:
+    """The teachers are the baseline stages' models: with evaluate.baselines false they are
+    "skipped" markers and teach could only fail after every data stage ran; the config says so
+    before any stage runs."""
+    raw = _params(enabled=True)
+    raw["evaluate"]["baselines"] = False
+    with pytest.raises(ConfigError) as err:
+        validate_params(raw)
+    assert any(p.startswith("params.train.distill.enabled: true needs evaluate.baselines: true")
+               for p in err.value.problems), err.value.problems
+    raw["train"]["distill"]["enabled"] = False  # off: baselines may be off too
+    assert validate_params(raw).evaluate.baselines is False
+    raw["train"]["distill"]["enabled"] = True
+    raw["evaluate"]["baselines"] = True
+    assert validate_params(raw).train.distill.enabled is True
+
+
+def test_a_temperature_for_a_regression_task_is_a_config_error() -> None:
+    """Regression's soft loss is MSE to the teacher's value: a per-task temperature for it
+    would be silently ignored."""
+    raw = _params(task_temperatures={"right": 4.0})
+    raw["dataset"]["tasks"][1]["kind"] = "regression"
+    with pytest.raises(ConfigError) as err:
+        validate_params(raw)
+    assert any(p.startswith("params.train.distill.task_temperatures: regression task(s) "
+                            "['right'] have no temperature") for p in err.value.problems), \
+        err.value.problems
+    raw["train"]["distill"]["task_temperatures"] = {"left": 4.0}  # a classification task: fine
+    assert validate_params(raw).train.distill.task_temperature("left") == 4.0
 
 
 def test_a_baseline_never_distils(tmp_path: Path) -> None:
@@ -333,6 +420,25 @@ def test_distilled_student_follows_its_teacher_through_random_labels(tmp_path: P
         teacher_val = _teacher_for(val)
         agreement[w] = float(np.mean(out["a"].argmax(1) == teacher_val["a"].argmax(1)))
     assert agreement[1.0] > 0.7 and agreement[1.0] > agreement[0.0] + 0.25, agreement
+
+
+def test_weight_zero_trains_bit_identically_to_distillation_off(tmp_path: Path) -> None:
+    """w = 0 for every task: the same losses, batch order and RNG stream as without teachers, so
+    the same weights (catches a teacher path that draws random numbers, reorders batches or
+    changes the loss by a rounding); a per-task override only changes its own task."""
+    train, val = make_split(64, 0, missing=0.3), make_split(16, 1)
+    taught = dataclasses.replace(train, teacher=_teacher_for(make_split(64, 0)))
+
+    def weights(name: str, data: SplitData, distill: DistillConfig) -> dict[str, torch.Tensor]:
+        cfg = tiny_cfg(tmp_path / name, epochs=1, weighting="dwa", distill=distill)
+        model, _ = fit(TASKS, data, val, cfg, 1, torch.device("cpu"))
+        return model.state_dict()
+
+    off = weights("off", train, DistillConfig())
+    zero = weights("zero", taught, DistillConfig(enabled=True, weight=0.0))
+    assert all(torch.equal(off[k], zero[k]) for k in off)
+    only_a = weights("a", taught, DistillConfig(enabled=True, weight=0.0, task_weights={"a": 1.0}))
+    assert not all(torch.equal(off[k], only_a[k]) for k in off)
 
 
 def test_batches_carry_the_teacher_rows_of_their_samples() -> None:
