@@ -47,8 +47,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from mtl.config import load_params
 from mtl.sweep import (
+    GridError,
     Promotion,
     RunRecord,
+    dataset_dir_problems,
     expand_grid,
     parse_grid,
     plot_sweep,
@@ -59,8 +61,8 @@ from mtl.sweep import (
     summarize,
 )
 
-__all__ = ["TRAIN_TAG", "DvcLockBusy", "ExperimentFailed", "mtl_sweep", "run_experiment",
-           "run_sweep"]
+__all__ = ["TRAIN_TAG", "DvcLockBusy", "ExperimentFailed", "check_dataset_dir", "mtl_sweep",
+           "run_experiment", "run_sweep"]
 
 #: Tag on every experiment task: a Prefect tag concurrency limit on it caps training runs.
 TRAIN_TAG = "mtl-train"
@@ -214,6 +216,15 @@ def _publish(markdown: str, picture: Path | None, records: Sequence[RunRecord]) 
     create_table_artifact(rows, key="mtl-sweep-runs", description="reports/sweep.json runs")
 
 
+def check_dataset_dir(root: Path, axes: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Refuse, before any experiment starts, a ``dataset.dir`` that the experiments' temporary
+    copies cannot reach (a relative path out of the project, e.g. ``configs/fashion-product.yaml``'s
+    ``../shared/...``): raises :class:`GridError` saying which absolute path to set."""
+    problems = dataset_dir_problems(root, load_params(root / "params.yaml").dataset.dir, axes)
+    if problems:
+        raise GridError("; ".join(problems))
+
+
 @flow(name="mtl-sweep", log_prints=True)
 def mtl_sweep(sets: list[str], promote: bool = False, name: str | None = None,
               project_dir: str = ".") -> dict[str, Any]:
@@ -221,9 +232,10 @@ def mtl_sweep(sets: list[str], promote: bool = False, name: str | None = None,
 
     Concurrency is the task runner's (use :func:`run_sweep`, which sets it from ``jobs``).
     """
-    logger = get_run_logger()
     root = Path(project_dir).resolve()
     axes = parse_grid(sets)
+    check_dataset_dir(root, axes)  # before anything runs
+    logger = get_run_logger()
     points = expand_grid(axes)
     swept = [k for k, _ in axes]
     prefix = name or "sweep-" + datetime.now(timezone.utc).strftime("%m%d-%H%M%S")

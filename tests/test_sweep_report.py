@@ -12,6 +12,7 @@ from mtl.sweep import (
     GridError,
     RunRecord,
     compare_groups,
+    dataset_dir_problems,
     expand_grid,
     parse_grid,
     plot_sweep,
@@ -226,3 +227,34 @@ def test_picture_is_written(tmp_path: Path, with_dm: bool, tasks: int) -> None:
     assert out == tmp_path / "sweep.png" and out.read_bytes()[:4] == b"\x89PNG"
     assert plot_sweep(records[4:], summarize(records[4:], SWEPT), SWEPT,
                       tmp_path / "none.png") is None
+
+
+def test_a_relative_dataset_dir_outside_the_project_is_refused(tmp_path: Path) -> None:
+    """`dvc exp run --temp` resolves it from a copy under .dvc/tmp/exps/: every run would fail."""
+    root = tmp_path / "project"
+    assert dataset_dir_problems(root, "data/raw/multimnist") == []  # in the copy too
+    assert dataset_dir_problems(root, "./data/../data/raw") == []
+    assert dataset_dir_problems(root, str(tmp_path / "shared" / "fashion")) == []  # absolute
+    (problem,) = dataset_dir_problems(root, "../shared/datasets/fashion-product")
+    assert f"dataset.dir: {tmp_path / 'shared' / 'datasets' / 'fashion-product'}" in problem
+    assert "'../shared/datasets/fashion-product'" in problem
+    # a swept value is checked too (as DVC reads it: YAML), the params.yaml one being fine
+    axes = [("train.seed", ["0", "1"]), ("dataset.dir", ["data/a", "'../b'"])]
+    (problem,) = dataset_dir_problems(root, "data/raw", axes)
+    assert "'../b'" in problem and f"dataset.dir: {tmp_path / 'b'}" in problem
+    assert dataset_dir_problems(root, "data/raw", [("train.seed", ["../x"])]) == []
+    # a sibling whose name starts with the project's is still outside it
+    assert len(dataset_dir_problems(root, "../project-data")) == 1
+
+
+def test_the_sweep_flow_checks_the_dataset_dir_before_any_run(tmp_path: Path) -> None:
+    from flows.sweep import check_dataset_dir, mtl_sweep
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "params.yaml").write_text((repo / "configs" / "fashion-product.yaml").read_text())
+    with pytest.raises(GridError, match="relative and outside the project"):
+        check_dataset_dir(tmp_path, parse_grid(["train.seed=0,1"]))
+    with pytest.raises(GridError, match="relative and outside the project"):  # the flow's body
+        mtl_sweep.fn(["train.seed=0,1"], project_dir=str(tmp_path))
+    (tmp_path / "params.yaml").write_text((repo / "params.yaml").read_text())
+    check_dataset_dir(tmp_path, parse_grid(["train.seed=0,1"]))  # data/raw/multimnist: fine
