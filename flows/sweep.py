@@ -58,11 +58,12 @@ from mtl.sweep import (
     record_from_exp,
     render_markdown,
     run_names,
+    set_param_args,
     summarize,
 )
 
-__all__ = ["TRAIN_TAG", "DvcLockBusy", "ExperimentFailed", "check_dataset_dir", "mtl_sweep",
-           "run_experiment", "run_sweep"]
+__all__ = ["TRAIN_TAG", "DvcLockBusy", "ExperimentFailed", "check_dataset_dir", "exp_run_command",
+           "mtl_sweep", "run_experiment", "run_sweep"]
 
 #: Tag on every experiment task: a Prefect tag concurrency limit on it caps training runs.
 TRAIN_TAG = "mtl-train"
@@ -94,6 +95,14 @@ def _lock_busy(task_: Any, task_run: Any, state: Any) -> bool:
     return isinstance(state.result(raise_on_failure=False), DvcLockBusy)
 
 
+def exp_run_command(name: str, overrides: dict[str, str], root: Path) -> list[str]:
+    """``python -m dvc exp run --temp -n <name> -S ...``: ``+key=value`` for a key that the
+    project's ``params.yaml`` does not list (:func:`mtl.sweep.set_param_args`)."""
+    params = yaml.safe_load((root / "params.yaml").read_text()) or {}
+    return [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name,
+            *set_param_args(params, overrides)]
+
+
 @task(name="dvc-exp-run", cache_policy=NO_CACHE, tags=[TRAIN_TAG], retries=6,
       retry_delay_seconds=[2, 4, 8, 15, 30, 60], retry_condition_fn=_lock_busy,
       task_run_name="dvc exp run {name}")
@@ -104,9 +113,7 @@ def run_experiment(name: str, overrides: dict[str, str], project_dir: str) -> fl
     lock was held, :class:`ExperimentFailed` (final) for any other non-zero exit.
     """
     logger = get_run_logger()
-    cmd = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name]
-    for key, value in overrides.items():
-        cmd += ["-S", f"{key}={value}"]
+    cmd = exp_run_command(name, overrides, Path(project_dir))
     logger.info("running %s", " ".join(cmd[1:]))
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=project_dir, stdout=subprocess.PIPE,

@@ -40,6 +40,7 @@ __all__ = [
     "record_from_exp",
     "render_markdown",
     "run_names",
+    "set_param_args",
     "split_values",
     "summarize",
 ]
@@ -186,6 +187,31 @@ def dataset_dir_problems(root: Path, params_dir: str,
                 f"another folder, so every run would fail; set dataset.dir: {target} (the "
                 "absolute path) in params.yaml")
     return problems
+
+
+def _has_key(tree: Mapping[str, Any], dotted: str) -> bool:
+    """Whether ``dotted`` (``train.seed``) names an entry of ``tree``, even one set to null."""
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def set_param_args(params: Mapping[str, Any], point: Mapping[str, str]) -> list[str]:
+    """``dvc exp run``'s ``-S`` arguments for one grid point, given ``params.yaml``'s content.
+
+    DVC applies ``-S`` with Hydra's override grammar: ``key=value`` replaces an entry and fails
+    ("Key ... is not in struct") when ``params.yaml`` does not list the key, e.g.
+    ``augment.online`` in ``configs/fashion-product.yaml``, which leaves it at its default. Such
+    a key gets Hydra's ``+key=value`` (add), which fails on a present key, so the choice is made
+    per key. A key that is no parameter at all is then refused by the stages' own validation.
+    """
+    args: list[str] = []
+    for key, value in point.items():
+        args += ["-S", f"{'' if _has_key(params, key) else '+'}{key}={value}"]
+    return args
 
 
 def expand_grid(axes: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, str]]:

@@ -20,6 +20,7 @@ from mtl.sweep import (
     record_from_exp,
     render_markdown,
     run_names,
+    set_param_args,
     split_values,
     summarize,
 )
@@ -258,3 +259,21 @@ def test_the_sweep_flow_checks_the_dataset_dir_before_any_run(tmp_path: Path) ->
         mtl_sweep.fn(["train.seed=0,1"], project_dir=str(tmp_path))
     (tmp_path / "params.yaml").write_text((repo / "params.yaml").read_text())
     check_dataset_dir(tmp_path, parse_grid(["train.seed=0,1"]))  # data/raw/multimnist: fine
+
+
+def test_a_key_params_yaml_leaves_at_its_default_is_added_not_replaced(tmp_path: Path) -> None:
+    """Hydra (DVC's -S) refuses `key=v` for a key absent from params.yaml, and `+key=v` for a
+    present one: configs/fashion-product.yaml lists no augment.online."""
+    params = {"augment": {"copies": 1}, "dataset": {"image_template": None}}
+    point = {"augment.online": "false", "augment.copies": "2", "train.seed": "1",
+             "dataset.image_template": "'{id}.png'"}
+    assert set_param_args(params, point) == [
+        "-S", "+augment.online=false", "-S", "augment.copies=2", "-S", "+train.seed=1",
+        "-S", "dataset.image_template='{id}.png'"]  # present although null
+    from flows.sweep import exp_run_command
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "params.yaml").write_text((repo / "configs" / "fashion-product.yaml").read_text())
+    cmd = exp_run_command("r-0", {"augment.online": "false", "train.seed": "0"}, tmp_path)
+    assert cmd[1:] == ["-m", "dvc", "exp", "run", "--temp", "-n", "r-0",
+                       "-S", "+augment.online=false", "-S", "train.seed=0"]
