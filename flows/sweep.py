@@ -95,25 +95,33 @@ def _lock_busy(task_: Any, task_run: Any, state: Any) -> bool:
     return isinstance(state.result(raise_on_failure=False), DvcLockBusy)
 
 
-def exp_run_command(name: str, overrides: dict[str, str], root: Path) -> list[str]:
-    """``python -m dvc exp run --temp -n <name> -S ...``: ``+key=value`` for a key that the
-    project's ``params.yaml`` does not list (:func:`mtl.sweep.set_param_args`)."""
+def exp_run_command(name: str, overrides: dict[str, str], root: Path,
+                    targets: Sequence[str] = ()) -> list[str]:
+    """``python -m dvc exp run --temp -n <name> -S ... [targets]``: ``+key=value`` for a key
+    that the project's ``params.yaml`` does not list (:func:`mtl.sweep.set_param_args`).
+
+    ``targets``: the pipeline's final stages (``flows.pipeline.final_stages_of``). Without
+    them DVC reproduces every stage, ``ingest`` too when the params point at a user dataset
+    and nothing depends on it, and fails when params.yaml has no ``ingest`` section (as
+    ``configs/fashion-product.yaml``); ``dvc repro`` and the pipeline flow leave it out.
+    """
     params = yaml.safe_load((root / "params.yaml").read_text()) or {}
     return [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name,
-            *set_param_args(params, overrides)]
+            *set_param_args(params, overrides), *targets]
 
 
 @task(name="dvc-exp-run", cache_policy=NO_CACHE, tags=[TRAIN_TAG], retries=6,
       retry_delay_seconds=[2, 4, 8, 15, 30, 60], retry_condition_fn=_lock_busy,
       task_run_name="dvc exp run {name}")
-def run_experiment(name: str, overrides: dict[str, str], project_dir: str) -> float:
-    """``dvc exp run --temp -n <name> -S k=v ...``; returns its wall time in seconds.
+def run_experiment(name: str, overrides: dict[str, str], project_dir: str,
+                   targets: Sequence[str] = ()) -> float:
+    """``dvc exp run --temp -n <name> -S k=v ... [targets]``; returns its wall time in seconds.
 
     Output is streamed into the Prefect log. Raises :class:`DvcLockBusy` (retried) when DVC's
     lock was held, :class:`ExperimentFailed` (final) for any other non-zero exit.
     """
     logger = get_run_logger()
-    cmd = exp_run_command(name, overrides, Path(project_dir))
+    cmd = exp_run_command(name, overrides, Path(project_dir), targets)
     logger.info("running %s", " ".join(cmd[1:]))
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=project_dir, stdout=subprocess.PIPE,
@@ -141,6 +149,13 @@ def _upstream_stages(root: Path, stage: str = "train") -> list[str]:
     from flows.pipeline import upstream_of
 
     return upstream_of(root, stage)
+
+
+def _final_stages(root: Path) -> list[str]:
+    """The stages each experiment reproduces, with their ancestors (not an unlinked ``ingest``)."""
+    from flows.pipeline import final_stages_of
+
+    return final_stages_of(root)
 
 
 @task(name="dvc-repro-upstream", cache_policy=NO_CACHE, retries=5,
@@ -249,8 +264,10 @@ def mtl_sweep(sets: list[str], promote: bool = False, name: str | None = None,
     names = run_names(prefix, axes, points)
     logger.info("%d experiment(s): %s", len(points), names)
     reproduce_upstream(str(root))
+    targets = _final_stages(root)
 
-    futures = [run_experiment.submit(n, p, str(root)) for n, p in zip(names, points, strict=True)]
+    futures = [run_experiment.submit(n, p, str(root), targets)
+               for n, p in zip(names, points, strict=True)]
     wait(futures)
     shown = _experiments(root)
     records: list[RunRecord] = []
