@@ -263,7 +263,7 @@ def test_the_sweep_flow_checks_the_dataset_dir_before_any_run(tmp_path: Path) ->
 
 def test_a_key_params_yaml_leaves_at_its_default_is_added_not_replaced(tmp_path: Path) -> None:
     """Hydra (DVC's -S) refuses `key=v` for a key absent from params.yaml, and `+key=v` for a
-    present one: configs/fashion-product.yaml lists only some train keys."""
+    present one: configs/fashion-product.yaml has no sweep section."""
     params = {"augment": {"copies": 1}, "dataset": {"image_template": None}}
     point = {"augment.online": "false", "augment.copies": "2", "train.seed": "1",
              "dataset.image_template": "'{id}.png'"}
@@ -274,8 +274,8 @@ def test_a_key_params_yaml_leaves_at_its_default_is_added_not_replaced(tmp_path:
 
     repo = Path(__file__).resolve().parents[1]
     (tmp_path / "params.yaml").write_text((repo / "configs" / "fashion-product.yaml").read_text())
-    cmd = exp_run_command("r-0", {"train.workers": "0", "train.seed": "0"}, tmp_path)
+    cmd = exp_run_command("r-0", {"sweep.promote_margin": "0.1", "train.seed": "0"}, tmp_path)
     assert cmd[1:] == ["-m", "dvc", "exp", "run", "--temp", "-n", "r-0",
-                       "-S", "+train.workers=0", "-S", "train.seed=0"]
+                       "-S", "+sweep.promote_margin=0.1", "-S", "train.seed=0"]
     cmd = exp_run_command("r-0", {"train.seed": "0"}, tmp_path, ["evaluate"])
     assert cmd[-3:] == ["-S", "train.seed=0", "evaluate"]  # the stages to reproduce, last
