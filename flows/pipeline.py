@@ -39,8 +39,9 @@ from typing import Any
 # Everything up to the Prefect import below is standard library and DVC only: the command line
 # runs it in a child process (``--dvc-plan``) that never pays for importing Prefect.
 
-__all__ = ["DvcLockBusy", "StageFailed", "StagePlan", "make_plan", "mtl_pipeline", "plan_stages",
-           "run_stage", "stage_order", "topological", "upstream_of"]
+__all__ = ["DvcLockBusy", "StageFailed", "StagePlan", "final_stages", "final_stages_of",
+           "make_plan", "mtl_pipeline", "plan_stages", "run_stage", "stage_order", "topological",
+           "upstream_of"]
 
 LOCK_MESSAGES = ("unable to acquire lock", "lock is already held", "is busy", "lockerror")
 LOCK_RETRY_DELAYS: list[float] = [2, 5, 10, 20, 30]  # seconds before each retry
@@ -149,6 +150,21 @@ def upstream_of(project_dir: Path, stage: str) -> list[str]:
     return [s for s in topological(nodes, edges) if s in wanted]
 
 
+def final_stages(nodes: Sequence[str], edges: Sequence[tuple[str, str]]) -> list[str]:
+    """The stages no other stage depends on, in ``nodes`` order, less a stage linked to no
+    other (``ingest`` when params point at a user dataset: it feeds nothing), unless it is the
+    whole pipeline. Reproducing these and their ancestors is reproducing the pipeline."""
+    linked = {n for e in edges for n in e}
+    return [n for n in nodes if not any(a == n for a, _ in edges)
+            and (n in linked or len(nodes) == 1)]
+
+
+def final_stages_of(project_dir: Path) -> list[str]:
+    """:func:`final_stages` of the project's DVC graph (nothing hashed, no lock taken)."""
+    nodes, edges, _ = _read_dvc(project_dir, with_status=False)
+    return final_stages(nodes, edges)
+
+
 def _read_dvc(project_dir: Path, with_status: bool = True
               ) -> tuple[list[str], list[tuple[str, str]], dict[str, str]]:
     """Stage names (dvc.yaml order), ``(upstream, downstream)`` edges and DVC's stale stages.
@@ -208,12 +224,7 @@ def make_plan(nodes: Sequence[str], edges: Sequence[tuple[str, str]], status: di
             raise ValueError(f"unknown stage(s) {unknown}; the pipeline has {full}")
         wanted = set(stages)
     else:
-        # Final stages; a stage with no edge at all (``ingest`` when params point at a user
-        # dataset) feeds nothing and is left out, unless it is the whole pipeline.
-        linked = {n for e in edges for n in e}
-        sinks = {n for n in full if not any(a == n for a, _ in edges)
-                 and (n in linked or len(full) == 1)}
-        wanted = _closure(sinks, edges, downstream=False)
+        wanted = _closure(set(final_stages(full, edges)), edges, downstream=False)
     order = [s for s in full if s in wanted]
     if force:
         return StagePlan(order, {s: "--force" for s in order})

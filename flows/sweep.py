@@ -47,8 +47,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from mtl.config import load_params
 from mtl.sweep import (
+    GridError,
     Promotion,
     RunRecord,
+    dataset_dir_problems,
     expand_grid,
     parse_grid,
     plot_sweep,
@@ -56,11 +58,12 @@ from mtl.sweep import (
     record_from_exp,
     render_markdown,
     run_names,
+    set_param_args,
     summarize,
 )
 
-__all__ = ["TRAIN_TAG", "DvcLockBusy", "ExperimentFailed", "mtl_sweep", "run_experiment",
-           "run_sweep"]
+__all__ = ["TRAIN_TAG", "DvcLockBusy", "ExperimentFailed", "check_dataset_dir", "exp_run_command",
+           "mtl_sweep", "run_experiment", "run_sweep"]
 
 #: Tag on every experiment task: a Prefect tag concurrency limit on it caps training runs.
 TRAIN_TAG = "mtl-train"
@@ -92,19 +95,33 @@ def _lock_busy(task_: Any, task_run: Any, state: Any) -> bool:
     return isinstance(state.result(raise_on_failure=False), DvcLockBusy)
 
 
+def exp_run_command(name: str, overrides: dict[str, str], root: Path,
+                    targets: Sequence[str] = ()) -> list[str]:
+    """``python -m dvc exp run --temp -n <name> -S ... [targets]``: ``+key=value`` for a key
+    that the project's ``params.yaml`` does not list (:func:`mtl.sweep.set_param_args`).
+
+    ``targets``: the pipeline's final stages (``flows.pipeline.final_stages_of``). Without
+    them DVC reproduces every stage, ``ingest`` too when the params point at a user dataset
+    and nothing depends on it, and fails when params.yaml has no ``ingest`` section (as
+    ``configs/fashion-product.yaml``); ``dvc repro`` and the pipeline flow leave it out.
+    """
+    params = yaml.safe_load((root / "params.yaml").read_text()) or {}
+    return [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name,
+            *set_param_args(params, overrides), *targets]
+
+
 @task(name="dvc-exp-run", cache_policy=NO_CACHE, tags=[TRAIN_TAG], retries=6,
       retry_delay_seconds=[2, 4, 8, 15, 30, 60], retry_condition_fn=_lock_busy,
       task_run_name="dvc exp run {name}")
-def run_experiment(name: str, overrides: dict[str, str], project_dir: str) -> float:
-    """``dvc exp run --temp -n <name> -S k=v ...``; returns its wall time in seconds.
+def run_experiment(name: str, overrides: dict[str, str], project_dir: str,
+                   targets: Sequence[str] = ()) -> float:
+    """``dvc exp run --temp -n <name> -S k=v ... [targets]``; returns its wall time in seconds.
 
     Output is streamed into the Prefect log. Raises :class:`DvcLockBusy` (retried) when DVC's
     lock was held, :class:`ExperimentFailed` (final) for any other non-zero exit.
     """
     logger = get_run_logger()
-    cmd = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name]
-    for key, value in overrides.items():
-        cmd += ["-S", f"{key}={value}"]
+    cmd = exp_run_command(name, overrides, Path(project_dir), targets)
     logger.info("running %s", " ".join(cmd[1:]))
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=project_dir, stdout=subprocess.PIPE,
@@ -139,6 +156,13 @@ def _upstream_stages(root: Path, stage: str = "train") -> list[str]:
 
     return [s for s in upstream_of(root, stage)
             if not any(s == m or (m.endswith("@") and s.startswith(m)) for m in MODEL_STAGES)]
+
+
+def _final_stages(root: Path) -> list[str]:
+    """The stages each experiment reproduces, with their ancestors (not an unlinked ``ingest``)."""
+    from flows.pipeline import final_stages_of
+
+    return final_stages_of(root)
 
 
 @task(name="dvc-repro-upstream", cache_policy=NO_CACHE, retries=5,
@@ -221,6 +245,15 @@ def _publish(markdown: str, picture: Path | None, records: Sequence[RunRecord]) 
     create_table_artifact(rows, key="mtl-sweep-runs", description="reports/sweep.json runs")
 
 
+def check_dataset_dir(root: Path, axes: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Refuse, before any experiment starts, a ``dataset.dir`` that the experiments' temporary
+    copies cannot reach (a relative path out of the project, e.g. ``configs/fashion-product.yaml``'s
+    ``../shared/...``): raises :class:`GridError` saying which absolute path to set."""
+    problems = dataset_dir_problems(root, load_params(root / "params.yaml").dataset.dir, axes)
+    if problems:
+        raise GridError("; ".join(problems))
+
+
 @flow(name="mtl-sweep", log_prints=True)
 def mtl_sweep(sets: list[str], promote: bool = False, name: str | None = None,
               project_dir: str = ".") -> dict[str, Any]:
@@ -228,17 +261,20 @@ def mtl_sweep(sets: list[str], promote: bool = False, name: str | None = None,
 
     Concurrency is the task runner's (use :func:`run_sweep`, which sets it from ``jobs``).
     """
-    logger = get_run_logger()
     root = Path(project_dir).resolve()
     axes = parse_grid(sets)
+    check_dataset_dir(root, axes)  # before anything runs
+    logger = get_run_logger()
     points = expand_grid(axes)
     swept = [k for k, _ in axes]
     prefix = name or "sweep-" + datetime.now(timezone.utc).strftime("%m%d-%H%M%S")
     names = run_names(prefix, axes, points)
     logger.info("%d experiment(s): %s", len(points), names)
     reproduce_upstream(str(root))
+    targets = _final_stages(root)
 
-    futures = [run_experiment.submit(n, p, str(root)) for n, p in zip(names, points, strict=True)]
+    futures = [run_experiment.submit(n, p, str(root), targets)
+               for n, p in zip(names, points, strict=True)]
     wait(futures)
     shown = _experiments(root)
     records: list[RunRecord] = []

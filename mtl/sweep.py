@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "Promotion",
     "RunRecord",
     "compare_groups",
+    "dataset_dir_problems",
     "expand_grid",
     "group_keys",
     "headline",
@@ -38,6 +40,7 @@ __all__ = [
     "record_from_exp",
     "render_markdown",
     "run_names",
+    "set_param_args",
     "split_values",
     "summarize",
 ]
@@ -155,6 +158,60 @@ def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
         seen.add(key)
         axes.append((key, values))
     return axes
+
+
+def dataset_dir_problems(root: Path, params_dir: str,
+                         axes: Sequence[tuple[str, Sequence[str]]] = ()) -> list[str]:
+    """Why ``dvc exp run --temp`` could not read the dataset: one line per ``dataset.dir`` (the
+    one in ``params.yaml`` and any swept value) that is relative and leaves the project.
+
+    Each sweep run reproduces the pipeline in a copy of the project under
+    ``.dvc/tmp/exps/standalone/``, where the stages resolve a relative path from the copy:
+    ``../shared/data`` then names ``.dvc/tmp/exps/standalone/shared/data`` (DVC reports the
+    ``${dataset.dir}`` dependency missing and every run fails). A path inside the project is
+    in the copy too, and an absolute path is the same everywhere.
+    """
+    # -S values are YAML (DVC parses them so): a quoted path is the string inside the quotes
+    swept = [str(yaml.safe_load(v)) for k, values in axes if k == "dataset.dir" for v in values]
+    problems = []
+    base = os.path.normpath(root.absolute())
+    for value in [params_dir, *swept]:
+        path = Path(value)
+        if path.is_absolute():
+            continue
+        target = os.path.normpath(os.path.join(base, path))  # lexically, as DVC resolves it
+        if os.path.commonpath([base, target]) != base:
+            problems.append(
+                f"dataset.dir {value!r} is relative and outside the project: every sweep "
+                "run is a `dvc exp run --temp` in a copy under .dvc/tmp/exps/, where it names "
+                f"another folder, so every run would fail; set dataset.dir: {target} (the "
+                "absolute path) in params.yaml")
+    return problems
+
+
+def _has_key(tree: Mapping[str, Any], dotted: str) -> bool:
+    """Whether ``dotted`` (``train.seed``) names an entry of ``tree``, even one set to null."""
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def set_param_args(params: Mapping[str, Any], point: Mapping[str, str]) -> list[str]:
+    """``dvc exp run``'s ``-S`` arguments for one grid point, given ``params.yaml``'s content.
+
+    DVC applies ``-S`` with Hydra's override grammar: ``key=value`` replaces an entry and fails
+    ("Key ... is not in struct") when ``params.yaml`` does not list the key, e.g.
+    ``augment.online`` in ``configs/fashion-product.yaml``, which leaves it at its default. Such
+    a key gets Hydra's ``+key=value`` (add), which fails on a present key, so the choice is made
+    per key. A key that is no parameter at all is then refused by the stages' own validation.
+    """
+    args: list[str] = []
+    for key, value in point.items():
+        args += ["-S", f"{'' if _has_key(params, key) else '+'}{key}={value}"]
+    return args
 
 
 def expand_grid(axes: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, str]]:

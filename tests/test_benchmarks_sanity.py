@@ -6,15 +6,18 @@ No timings are asserted here (the machine is shared); only what makes a timing m
 from __future__ import annotations
 
 import copy
+import pickle
 import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import loader_throughput
 from _timing import interleaved_times, median_ratios
 from weighting_cost import LeNetMTL, assert_encoder_gradient, make_mtl_step, make_plain_step
 
@@ -89,3 +92,41 @@ def test_median_ratios_are_medians_of_per_round_ratios() -> None:
     times = [[1.0, 2.0, 4.0], [1.5, 2.0, 2.0], [3.0, 8.0, 4.0]]
     assert median_ratios(times) == [1.0, 1.0, 3.0]
     assert median_ratios(times, ref=1) == [1.0, 1.0, 2.0]
+
+
+def test_loader_prefix_reads_the_first_images_of_the_shards(tmp_path: Path) -> None:
+    """The shortened pass reads the same pixels, stops at ``n`` and keeps ``n`` in a worker."""
+    rng = np.random.default_rng(0)
+    shards = [rng.integers(0, 255, (5, 4, 3, 1), dtype=np.uint8) for _ in range(3)]
+    paths = []
+    for k, a in enumerate(shards):
+        paths.append(tmp_path / f"images-{k:05d}.npy")
+        np.save(paths[-1], a)
+    full = np.concatenate(shards)
+    view = loader_throughput.Prefix(paths, (4, 3, 1), 7)  # all of shard 0, 2 of shard 1
+    assert len(view) == 7 and view.shape == (7, 4, 3, 1)
+    idx = np.array([6, 0, 5, 4])
+    np.testing.assert_array_equal(view[idx], full[idx])
+    with pytest.raises(IndexError):
+        view[np.array([7])]  # shard 1's third image is past the prefix
+    copied = pickle.loads(pickle.dumps(view))  # what a spawned loader worker receives
+    assert len(copied) == 7
+    np.testing.assert_array_equal(copied[np.arange(7)], full[:7])
+
+
+def test_loader_throughput_runs_on_tiny_settings(tmp_path: Path) -> None:
+    """The benchmark script end to end (real ingest, clean, select, augment online and offline,
+    real loaders with 0 and 1 worker): one row per augmentation and worker count, rates > 0."""
+    out = tmp_path / "loader.md"
+    text = loader_throughput.main(["--datasets", "multimnist", "--n-train", "48", "--batches",
+                                   "1", "--rounds", "1", "--workers", "0", "1", "--out",
+                                   str(out)])
+    assert out.read_text() == text
+    rows = [line.split("|")[1:-1] for line in text.splitlines()
+            if line.startswith(("| offline", "| online"))]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [
+        ("offline", "0"), ("offline", "1"), ("online", "0"), ("online", "1")]
+    for r in rows:
+        for cell in (r[2], r[3], r[4], r[5]):
+            assert float(cell.split()[0].replace(",", "")) > 0, r
+    assert "Model step" in text

@@ -12,6 +12,7 @@ from mtl.sweep import (
     GridError,
     RunRecord,
     compare_groups,
+    dataset_dir_problems,
     expand_grid,
     parse_grid,
     plot_sweep,
@@ -19,6 +20,7 @@ from mtl.sweep import (
     record_from_exp,
     render_markdown,
     run_names,
+    set_param_args,
     split_values,
     summarize,
 )
@@ -226,3 +228,54 @@ def test_picture_is_written(tmp_path: Path, with_dm: bool, tasks: int) -> None:
     assert out == tmp_path / "sweep.png" and out.read_bytes()[:4] == b"\x89PNG"
     assert plot_sweep(records[4:], summarize(records[4:], SWEPT), SWEPT,
                       tmp_path / "none.png") is None
+
+
+def test_a_relative_dataset_dir_outside_the_project_is_refused(tmp_path: Path) -> None:
+    """`dvc exp run --temp` resolves it from a copy under .dvc/tmp/exps/: every run would fail."""
+    root = tmp_path / "project"
+    assert dataset_dir_problems(root, "data/raw/multimnist") == []  # in the copy too
+    assert dataset_dir_problems(root, "./data/../data/raw") == []
+    assert dataset_dir_problems(root, str(tmp_path / "shared" / "fashion")) == []  # absolute
+    (problem,) = dataset_dir_problems(root, "../shared/datasets/fashion-product")
+    assert f"dataset.dir: {tmp_path / 'shared' / 'datasets' / 'fashion-product'}" in problem
+    assert "'../shared/datasets/fashion-product'" in problem
+    # a swept value is checked too (as DVC reads it: YAML), the params.yaml one being fine
+    axes = [("train.seed", ["0", "1"]), ("dataset.dir", ["data/a", "'../b'"])]
+    (problem,) = dataset_dir_problems(root, "data/raw", axes)
+    assert "'../b'" in problem and f"dataset.dir: {tmp_path / 'b'}" in problem
+    assert dataset_dir_problems(root, "data/raw", [("train.seed", ["../x"])]) == []
+    # a sibling whose name starts with the project's is still outside it
+    assert len(dataset_dir_problems(root, "../project-data")) == 1
+
+
+def test_the_sweep_flow_checks_the_dataset_dir_before_any_run(tmp_path: Path) -> None:
+    from flows.sweep import check_dataset_dir, mtl_sweep
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "params.yaml").write_text((repo / "configs" / "fashion-product.yaml").read_text())
+    with pytest.raises(GridError, match="relative and outside the project"):
+        check_dataset_dir(tmp_path, parse_grid(["train.seed=0,1"]))
+    with pytest.raises(GridError, match="relative and outside the project"):  # the flow's body
+        mtl_sweep.fn(["train.seed=0,1"], project_dir=str(tmp_path))
+    (tmp_path / "params.yaml").write_text((repo / "params.yaml").read_text())
+    check_dataset_dir(tmp_path, parse_grid(["train.seed=0,1"]))  # data/raw/multimnist: fine
+
+
+def test_a_key_params_yaml_leaves_at_its_default_is_added_not_replaced(tmp_path: Path) -> None:
+    """Hydra (DVC's -S) refuses `key=v` for a key absent from params.yaml, and `+key=v` for a
+    present one: configs/fashion-product.yaml has no sweep section."""
+    params = {"augment": {"copies": 1}, "dataset": {"image_template": None}}
+    point = {"augment.online": "false", "augment.copies": "2", "train.seed": "1",
+             "dataset.image_template": "'{id}.png'"}
+    assert set_param_args(params, point) == [
+        "-S", "+augment.online=false", "-S", "augment.copies=2", "-S", "+train.seed=1",
+        "-S", "dataset.image_template='{id}.png'"]  # present although null
+    from flows.sweep import exp_run_command
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "params.yaml").write_text((repo / "configs" / "fashion-product.yaml").read_text())
+    cmd = exp_run_command("r-0", {"sweep.promote_margin": "0.1", "train.seed": "0"}, tmp_path)
+    assert cmd[1:] == ["-m", "dvc", "exp", "run", "--temp", "-n", "r-0",
+                       "-S", "+sweep.promote_margin=0.1", "-S", "train.seed=0"]
+    cmd = exp_run_command("r-0", {"train.seed": "0"}, tmp_path, ["evaluate"])
+    assert cmd[-3:] == ["-S", "train.seed=0", "evaluate"]  # the stages to reproduce, last

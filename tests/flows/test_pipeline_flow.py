@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 import yaml
 
-from flows.pipeline import make_plan, plan_stages, stage_order, topological
+from flows.pipeline import (
+    final_stages,
+    final_stages_of,
+    make_plan,
+    plan_stages,
+    stage_order,
+    topological,
+    upstream_of,
+)
 from tests.conftest import REPO_ROOT, make_project
 
 # Holds the DVC repository lock until a line (or end of file) arrives on its stdin: the test
@@ -61,6 +69,28 @@ def test_plan_propagates_staleness_downstream_only() -> None:
     assert make_plan(STAGES, EDGES, {"augment": "x"}).stale == ["augment", "train", "evaluate"]
     assert make_plan(STAGES, EDGES, {}).stale == []
     assert make_plan(STAGES, EDGES, {}, force=True).stale == STAGES
+
+
+def test_final_stages_leave_out_an_unlinked_ingest() -> None:
+    assert final_stages(STAGES, EDGES) == ["evaluate"]
+    user_edges = [e for e in EDGES if e[0] != "ingest"]
+    assert final_stages(STAGES, user_edges) == ["evaluate"]  # not ingest, which feeds nothing
+    assert final_stages(["ingest"], []) == ["ingest"]  # unless it is the whole pipeline
+    assert final_stages(["a", "b@x", "b@y", "c"],
+                        [("a", "b@x"), ("a", "b@y"), ("b@y", "c")]) == ["b@x", "c"]
+
+
+def test_final_stages_of_the_project_with_the_fashion_config(tmp_path: Path) -> None:
+    """What the sweep's experiments reproduce: evaluate and its ancestors, which include ingest
+    on the default data and not on configs/fashion-product.yaml (it has no ingest section)."""
+    from dvc.repo import Repo
+
+    Repo.init(str(tmp_path), no_scm=True).close()
+    (tmp_path / "dvc.yaml").write_text((REPO_ROOT / "dvc.yaml").read_text())
+    for params, has_ingest in (("params.yaml", True), ("configs/fashion-product.yaml", False)):
+        (tmp_path / "params.yaml").write_text((REPO_ROOT / params).read_text())
+        assert final_stages_of(tmp_path) == ["evaluate"]
+        assert ("ingest" in upstream_of(tmp_path, "evaluate")) is has_ingest
 
 
 def test_plan_named_stages_and_orphans() -> None:
