@@ -10,6 +10,7 @@ import albumentations as A
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mtl.augment import (
     OnlineAugment,
@@ -23,6 +24,7 @@ from mtl.config import AugmentConfig, CleanConfig, SelectConfig
 from mtl.data.clean import clean
 from mtl.data.select import select
 from mtl.shards import TRANSFORM_FILE, load_shards
+from mtl.splits import BatchDataset, SplitData
 
 AFFINE = {"__class_fullname__": "Affine", "rotate": [-20, 20], "p": 1.0}
 
@@ -94,10 +96,17 @@ def test_online_writes_originals_and_the_transform_offline_writes_copies(
     rebuilt.set_random_seed(1)
     direct.set_random_seed(1)
     assert np.array_equal(rebuilt(image=images[0])["image"], direct(image=images[0])["image"])
-    # the preview shows the online variants, not the originals
+    # the preview shows what training draws in epoch 0 (train.seed = augment.seed = 3), laid
+    # out as the offline shards are: per image its original, then its 2 variants (samples
+    # image + N and image + 2 N: sample image + 0 is the original, never augmented)
     preview = preview_images(tmp_path / "on", cfg, n=8)
     assert preview.shape == (8, 12, 12, 1) and not np.array_equal(preview, images[:8])
-    assert np.array_equal(preview, OnlineAugment(spec, (12, 12), 3)(images[:8], np.arange(8), 0))
+    image, view = np.arange(8) // 3, np.arange(8) % 3
+    data = SplitData(torch.from_numpy(images), {}, transform=spec, copies=2, keep_original=True)
+    trained, _, _, _ = BatchDataset(data, [], OnlineAugment(spec, (12, 12), 3))[
+        (0, torch.from_numpy(view * n_train + image))]
+    assert np.array_equal(preview, trained.numpy())
+    assert np.array_equal(preview[view == 0], images[image[view == 0]])
     # offline (into the same folder): copies on disk, no transform left behind for training
     offline = augment(splits, root, "L", dataclasses.replace(cfg, online=False), tmp_path / "on")
     assert offline.counts["train"] == 3 * n_train
