@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from mtl.augment import (
     OnlineAugment,
@@ -20,11 +21,13 @@ from mtl.augment import (
     preview_images,
     sample_seed,
 )
+from mtl.cli import main
 from mtl.config import AugmentConfig, CleanConfig, SelectConfig
 from mtl.data.clean import clean
 from mtl.data.select import select
 from mtl.shards import TRANSFORM_FILE, load_shards
 from mtl.splits import BatchDataset, SplitData
+from tests.conftest import REPO_ROOT
 
 AFFINE = {"__class_fullname__": "Affine", "rotate": [-20, 20], "p": 1.0}
 
@@ -151,3 +154,37 @@ def test_online_with_no_copies_augments_nothing(make_dataset, tmp_path: Path) ->
     assert out.counts["train"] == len(splits["train"])
     assert not (tmp_path / "on" / TRANSFORM_FILE).exists()
     assert json.loads((tmp_path / "on" / "meta.json").read_text())["online"] is False
+
+
+@pytest.mark.parametrize("online,keep", [(True, True), (True, False), (False, True)])
+def test_augment_cli_says_what_training_draws_per_epoch(
+        make_dataset, tmp_path: Path, capsys: pytest.CaptureFixture[str], online: bool,
+        keep: bool) -> None:  # type: ignore[no-untyped-def]
+    """Online, the stage writes N training images but training draws N × (keep_original +
+    copies) samples per epoch: the log says so (it used to print the N images only, the
+    offline count being twice that)."""
+    ds, root = make_dataset(n=20, split=True)
+    splits = select(clean(ds, CleanConfig(min_size=4, workers=1)).manifest, ds,
+                    SelectConfig()).splits
+    selected = tmp_path / "selected"
+    selected.mkdir()
+    for name, frame in splits.items():
+        frame.to_parquet(selected / f"{name}.parquet")
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw["dataset"] = {**raw["dataset"], "dir": str(root), "tasks": [
+        {"name": "a", "column": "a", "kind": "multiclass"},
+        {"name": "b", "column": "b", "kind": "binary"}]}
+    raw["clean"] = {**raw["clean"], "min_size": 4, "workers": 1}
+    raw["augment"] = {**raw["augment"], "image_size": [12, 12], "online": online,
+                      "copies": 2, "keep_original": keep, "transforms": [AFFINE]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["augment", "--params", str(tmp_path / "params.yaml"), "--selected",
+                 str(selected), "--out", str(tmp_path / "aug")]) == 0
+    out = capsys.readouterr().out
+    n = len(splits["train"])
+    if online:
+        views = "the original and 2 fresh variants" if keep else "2 fresh variants"
+        assert (f"augment: online: training draws {(keep + 2) * n} samples per epoch from the "
+                f"{n} training images ({views} of each)") in out, out
+    else:
+        assert "online" not in out and f"'train': {3 * n}" in out, out
