@@ -212,3 +212,17 @@ def test_views_in_meta_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"expected views \{copies: int >= 1, keep_original: "
                                          r"bool\}, found \{'copies': 0"):
         load_split_data(tmp_path, "train", TASKS)
+
+
+@pytest.mark.parametrize("views", [None, [2, True], {"copies": True, "keep_original": True},
+                                   {"copies": 2}, {"copies": 2.0, "keep_original": False}])
+def test_malformed_views_in_meta_are_a_data_error(tmp_path: Path, views: object) -> None:
+    """Not a mapping (an AttributeError deep in the loader before), a bool for a count, a key
+    missing or a float: each names the field and asks for the augment stage."""
+    write_shards(tmp_path, "train", make_split(8, 0), shard_size=8,
+                 meta={"online": True, "views": views})
+    (tmp_path / TRANSFORM_FILE).write_text(json.dumps(A.to_dict(A.from_dict(
+        {"transform": AFFINE}))))
+    with pytest.raises(ValueError, match=r"expected views \{copies: int >= 1, keep_original: "
+                                         r"bool\}, found .*rerun the augment stage"):
+        load_split_data(tmp_path, "train", TASKS)
