@@ -226,3 +226,24 @@ def test_malformed_views_in_meta_are_a_data_error(tmp_path: Path, views: object)
     with pytest.raises(ValueError, match=r"expected views \{copies: int >= 1, keep_original: "
                                          r"bool\}, found .*rerun the augment stage"):
         load_split_data(tmp_path, "train", TASKS)
+
+
+def test_online_views_carry_their_image_features_and_teacher_outputs() -> None:
+    """Features and teacher outputs are per image (``[N, ...]``, teach runs over the N
+    originals): sample ``j`` of an epoch of 3 N gets row ``j % N`` of each, in any order (an
+    index by ``j`` fails past N, one by ``j // 3`` mixes images up)."""
+    data = make_split(10, 0)
+    features = torch.arange(30, dtype=torch.float32).reshape(10, 3)  # row i: 3i, 3i+1, 3i+2
+    teacher = {"a": np.arange(30, dtype=np.float32).reshape(10, 3) * -1.0}
+    data = replace(data, features=features, teacher=teacher,
+                   transform=A.to_dict(A.from_dict({"transform": AFFINE})), copies=2,
+                   keep_original=True)
+    assert data.transform is not None and data.epoch_size() == 30
+    ds = BatchDataset(data, TASKS[:1], OnlineAugment(data.transform, (12, 12), 0))
+    samples = torch.randperm(30, generator=torch.Generator().manual_seed(0))
+    _, f, ys, soft = ds[(1, samples)]
+    rows = samples % 10
+    assert f is not None and soft is not None
+    assert torch.equal(f, features[rows])
+    assert torch.equal(soft[0], torch.from_numpy(teacher["a"])[rows])
+    assert torch.equal(ys[0], torch.from_numpy(data.targets["a"])[rows])
