@@ -107,6 +107,9 @@ def _prefix(data: SplitData, n: int) -> SplitData:
     images = (images[:n] if isinstance(images, torch.Tensor)
               else Prefix(images.paths, images.image_shape, n))
     features = data.features[:n] if data.features is not None else None
+    # the online views (copies, keep_original) are left at one augmented view per image: a
+    # pass is n samples, every one augmented (the loader's rate per augmented sample; in
+    # training, with keep_original, N of an epoch's samples are originals and skip it)
     return SplitData(images, {k: v[:n] for k, v in data.targets.items()}, features,
                      data.transform)
 

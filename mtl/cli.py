@@ -106,6 +106,12 @@ def cmd_augment(args: argparse.Namespace) -> None:
     preview_grid(preview_images(out, p.augment)).save(out / "preview.png")
     print(f"augment: {result.counts} images of {result.image_size} × {result.channels} ch "
           f"in {out}; preview {out / 'preview.png'}")
+    views = read_json(out / "meta.json").get("views")  # online: what training draws per epoch
+    if views:
+        n, keep, copies = result.counts["train"], views["keep_original"], views["copies"]
+        print(f"augment: online: training draws {n * (int(keep) + copies)} samples per epoch "
+              f"from the {n} training images ({'the original and ' if keep else ''}{copies} "
+              f"fresh variant{'s' if copies != 1 else ''} of each)")
 
 
 def _live(path: str) -> Any:

@@ -232,9 +232,12 @@ def _online_transform(augmented: Path) -> tuple[dict[str, Any] | None, int, bool
         raise DataError(f"{augmented}: meta.json says online augmentation, expected "
                         f"{TRANSFORM_FILE} next to it, found none; rerun the augment stage")
     transform: dict[str, Any] = read_json(path)
+    # absent: an output of the augment stage before views (one variant per image, no original)
     views = meta.get("views", {"copies": 1, "keep_original": False})
-    copies, keep = views.get("copies"), views.get("keep_original")
-    if not (isinstance(copies, int) and copies >= 1 and isinstance(keep, bool)):
+    copies, keep = (views.get("copies"), views.get("keep_original")) if isinstance(
+        views, dict) else (None, None)
+    if not (isinstance(copies, int) and not isinstance(copies, bool) and copies >= 1
+            and isinstance(keep, bool)):
         raise DataError(f"{augmented}/meta.json: expected views {{copies: int >= 1, "
                         f"keep_original: bool}}, found {views!r}; rerun the augment stage")
     return transform, copies, keep

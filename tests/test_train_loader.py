@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from mtl.augment import OnlineAugment
+from mtl.config import TrainConfig
 from mtl.shards import SHARD_PATTERN, TRANSFORM_FILE, ShardedImages, load_shards, open_shards
 from mtl.splits import BatchDataset, BatchFeed, SplitData, load_split_data
 from mtl.train import Distributed, _build_loop, fit, train_one_epoch
@@ -212,3 +213,75 @@ def test_views_in_meta_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"expected views \{copies: int >= 1, keep_original: "
                                          r"bool\}, found \{'copies': 0"):
         load_split_data(tmp_path, "train", TASKS)
+
+
+@pytest.mark.parametrize("views", [None, [2, True], {"copies": True, "keep_original": True},
+                                   {"copies": 2}, {"copies": 2.0, "keep_original": False}])
+def test_malformed_views_in_meta_are_a_data_error(tmp_path: Path, views: object) -> None:
+    """Not a mapping (an AttributeError deep in the loader before), a bool for a count, a key
+    missing or a float: each names the field and asks for the augment stage."""
+    write_shards(tmp_path, "train", make_split(8, 0), shard_size=8,
+                 meta={"online": True, "views": views})
+    (tmp_path / TRANSFORM_FILE).write_text(json.dumps(A.to_dict(A.from_dict(
+        {"transform": AFFINE}))))
+    with pytest.raises(ValueError, match=r"expected views \{copies: int >= 1, keep_original: "
+                                         r"bool\}, found .*rerun the augment stage"):
+        load_split_data(tmp_path, "train", TASKS)
+
+
+def test_online_views_carry_their_image_features_and_teacher_outputs() -> None:
+    """Features and teacher outputs are per image (``[N, ...]``, teach runs over the N
+    originals): sample ``j`` of an epoch of 3 N gets row ``j % N`` of each, in any order (an
+    index by ``j`` fails past N, one by ``j // 3`` mixes images up)."""
+    data = make_split(10, 0)
+    features = torch.arange(30, dtype=torch.float32).reshape(10, 3)  # row i: 3i, 3i+1, 3i+2
+    teacher = {"a": np.arange(30, dtype=np.float32).reshape(10, 3) * -1.0}
+    data = replace(data, features=features, teacher=teacher,
+                   transform=A.to_dict(A.from_dict({"transform": AFFINE})), copies=2,
+                   keep_original=True)
+    assert data.transform is not None and data.epoch_size() == 30
+    ds = BatchDataset(data, TASKS[:1], OnlineAugment(data.transform, (12, 12), 0))
+    samples = torch.randperm(30, generator=torch.Generator().manual_seed(0))
+    _, f, ys, soft = ds[(1, samples)]
+    rows = samples % 10
+    assert f is not None and soft is not None
+    assert torch.equal(f, features[rows])
+    assert torch.equal(soft[0], torch.from_numpy(teacher["a"])[rows])
+    assert torch.equal(ys[0], torch.from_numpy(data.targets["a"])[rows])
+
+
+def test_interrupted_online_run_with_views_resumes_bitwise(tmp_path: Path) -> None:
+    """Killed after epoch 0 and resumed, a run over the original and 2 variants per image
+    (3 N samples an epoch) ends bitwise equal to the uninterrupted one: the resumed epochs
+    draw the same samples and the same variants (sample seeds are (seed, epoch, sample))."""
+    write_shards(tmp_path / "aug", "val", make_split(16, 1), shard_size=16)
+    write_shards(tmp_path / "aug", "train", make_split(24, 0, missing=0.2), shard_size=16,
+                 meta={"online": True, "views": {"copies": 2, "keep_original": True}})
+    (tmp_path / "aug" / TRANSFORM_FILE).write_text(json.dumps(A.to_dict(A.from_dict(
+        {"transform": AFFINE}))))
+    train = load_split_data(tmp_path / "aug", "train", TASKS)
+    val = load_split_data(tmp_path / "aug", "val", TASKS, stream=False)
+    assert train.epoch_size() == 72 and val.transform is None
+    cpu = torch.device("cpu")
+
+    def cfg(name: str) -> TrainConfig:
+        return tiny_cfg(tmp_path / name, epochs=2, batch_size=16, log_conflict_every=0)
+
+    _, full = fit(TASKS, train, val, cfg("full"), 1, cpu)
+
+    class Killed(Exception):
+        pass
+
+    def die(epoch: int, row: dict[str, float]) -> None:
+        if epoch == 1:  # epoch 0's state is on disk, epoch 1's not yet
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(TASKS, train, val, cfg("killed"), 1, cpu, log=die)
+    state = torch.load(next((tmp_path / "killed" / "state").glob("*.pt")), weights_only=True)
+    assert (state["epoch"], state["step"]) == (0, 5)  # 72 samples / 16: every view trained
+    _, resumed = fit(TASKS, train, val, cfg("killed"), 1, cpu)
+    assert resumed.resumed_from == 0
+    assert [r["val/score"] for r in resumed.history] == [r["val/score"] for r in full.history]
+    for k, v in full.best_state.items():
+        assert torch.equal(v, resumed.best_state[k]), k

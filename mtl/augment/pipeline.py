@@ -152,17 +152,26 @@ def augment(splits: Mapping[str, pd.DataFrame], dataset_dir: Path, mode: str,
 
 
 def preview_images(out_dir: Path, cfg: AugmentConfig, n: int = 64) -> np.ndarray:
-    """The first ``n`` training images as training sees them, ``[n, H, W, C]`` uint8: from the
-    shards (offline), or the originals through the online pipeline (epoch 0, ``cfg.seed``).
+    """The first ``n`` training samples as training sees them, ``[n, H, W, C]`` uint8, laid out
+    as the offline shards are (per image: the original with ``keep_original``, then its
+    ``copies`` variants): from the shards (offline), or, online, the views training draws in
+    epoch 0 (:class:`OnlineAugment` at sample ``view * N + image``, seeded from ``cfg.seed``:
+    training seeds from ``train.seed``, so equal to training's when the two seeds are).
     Reads only those images from the shards."""
     images, _ = open_shards(out_dir / "train")
-    rows = np.arange(min(n, len(images)))
-    first = images[rows]
     path = out_dir / TRANSFORM_FILE
     if not path.is_file():
-        return first
+        return images[np.arange(min(n, len(images)))]
+    keep = int(cfg.keep_original)
+    views = keep + cfg.copies  # per image and epoch (meta.json "views")
+    k = np.arange(min(n, len(images) * views))
+    image, view = k // views, k % views  # [n] each: the offline layout's order
+    out = images[image]
+    todo = view >= keep  # view 0 is the original when it is kept: never augmented
     spec = json.loads(path.read_text())
-    return OnlineAugment(spec, cfg.image_size, cfg.seed)(first, rows, 0)
+    out[todo] = OnlineAugment(spec, cfg.image_size, cfg.seed)(
+        out[todo], view[todo] * len(images) + image[todo], 0)  # training's sample indices
+    return out
 
 
 def preview_grid(images: np.ndarray, columns: int = 8) -> Image.Image:

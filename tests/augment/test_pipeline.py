@@ -10,6 +10,8 @@ import albumentations as A
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import yaml
 
 from mtl.augment import (
     OnlineAugment,
@@ -19,10 +21,13 @@ from mtl.augment import (
     preview_images,
     sample_seed,
 )
+from mtl.cli import main
 from mtl.config import AugmentConfig, CleanConfig, SelectConfig
 from mtl.data.clean import clean
 from mtl.data.select import select
 from mtl.shards import TRANSFORM_FILE, load_shards
+from mtl.splits import BatchDataset, SplitData
+from tests.conftest import REPO_ROOT
 
 AFFINE = {"__class_fullname__": "Affine", "rotate": [-20, 20], "p": 1.0}
 
@@ -94,10 +99,17 @@ def test_online_writes_originals_and_the_transform_offline_writes_copies(
     rebuilt.set_random_seed(1)
     direct.set_random_seed(1)
     assert np.array_equal(rebuilt(image=images[0])["image"], direct(image=images[0])["image"])
-    # the preview shows the online variants, not the originals
+    # the preview shows what training draws in epoch 0 (train.seed = augment.seed = 3), laid
+    # out as the offline shards are: per image its original, then its 2 variants (samples
+    # image + N and image + 2 N: sample image + 0 is the original, never augmented)
     preview = preview_images(tmp_path / "on", cfg, n=8)
     assert preview.shape == (8, 12, 12, 1) and not np.array_equal(preview, images[:8])
-    assert np.array_equal(preview, OnlineAugment(spec, (12, 12), 3)(images[:8], np.arange(8), 0))
+    image, view = np.arange(8) // 3, np.arange(8) % 3
+    data = SplitData(torch.from_numpy(images), {}, transform=spec, copies=2, keep_original=True)
+    trained, _, _, _ = BatchDataset(data, [], OnlineAugment(spec, (12, 12), 3))[
+        (0, torch.from_numpy(view * n_train + image))]
+    assert np.array_equal(preview, trained.numpy())
+    assert np.array_equal(preview[view == 0], images[image[view == 0]])
     # offline (into the same folder): copies on disk, no transform left behind for training
     offline = augment(splits, root, "L", dataclasses.replace(cfg, online=False), tmp_path / "on")
     assert offline.counts["train"] == 3 * n_train
@@ -142,3 +154,37 @@ def test_online_with_no_copies_augments_nothing(make_dataset, tmp_path: Path) ->
     assert out.counts["train"] == len(splits["train"])
     assert not (tmp_path / "on" / TRANSFORM_FILE).exists()
     assert json.loads((tmp_path / "on" / "meta.json").read_text())["online"] is False
+
+
+@pytest.mark.parametrize("online,keep", [(True, True), (True, False), (False, True)])
+def test_augment_cli_says_what_training_draws_per_epoch(
+        make_dataset, tmp_path: Path, capsys: pytest.CaptureFixture[str], online: bool,
+        keep: bool) -> None:  # type: ignore[no-untyped-def]
+    """Online, the stage writes N training images but training draws N × (keep_original +
+    copies) samples per epoch: the log says so (it used to print the N images only, the
+    offline count being twice that)."""
+    ds, root = make_dataset(n=20, split=True)
+    splits = select(clean(ds, CleanConfig(min_size=4, workers=1)).manifest, ds,
+                    SelectConfig()).splits
+    selected = tmp_path / "selected"
+    selected.mkdir()
+    for name, frame in splits.items():
+        frame.to_parquet(selected / f"{name}.parquet")
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw["dataset"] = {**raw["dataset"], "dir": str(root), "tasks": [
+        {"name": "a", "column": "a", "kind": "multiclass"},
+        {"name": "b", "column": "b", "kind": "binary"}]}
+    raw["clean"] = {**raw["clean"], "min_size": 4, "workers": 1}
+    raw["augment"] = {**raw["augment"], "image_size": [12, 12], "online": online,
+                      "copies": 2, "keep_original": keep, "transforms": [AFFINE]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["augment", "--params", str(tmp_path / "params.yaml"), "--selected",
+                 str(selected), "--out", str(tmp_path / "aug")]) == 0
+    out = capsys.readouterr().out
+    n = len(splits["train"])
+    if online:
+        views = "the original and 2 fresh variants" if keep else "2 fresh variants"
+        assert (f"augment: online: training draws {(keep + 2) * n} samples per epoch from the "
+                f"{n} training images ({views} of each)") in out, out
+    else:
+        assert "online" not in out and f"'train': {3 * n}" in out, out
