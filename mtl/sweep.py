@@ -189,14 +189,22 @@ def dataset_dir_problems(root: Path, params_dir: str,
     return problems
 
 
-def _has_key(tree: Mapping[str, Any], dotted: str) -> bool:
-    """Whether ``dotted`` (``train.seed``) names an entry of ``tree``, even one set to null."""
+_MISSING = object()
+
+
+def _lookup(tree: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+    """The entry ``dotted`` (``train.seed``) of nested mappings, or ``default`` when absent."""
     node: Any = tree
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            return False
+            return default
         node = node[part]
-    return True
+    return node
+
+
+def _has_key(tree: Mapping[str, Any], dotted: str) -> bool:
+    """Whether ``dotted`` (``train.seed``) names an entry of ``tree``, even one set to null."""
+    return _lookup(tree, dotted, _MISSING) is not _MISSING
 
 
 def set_param_args(params: Mapping[str, Any], point: Mapping[str, str]) -> list[str]:
@@ -292,13 +300,6 @@ def _metric_file(data: Mapping[str, Any], path: str) -> dict[str, Any]:
     return dict(entry.get("data") or {})
 
 
-def _lookup(tree: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def record_from_exp(name: str, point: Mapping[str, str], data: Mapping[str, Any],
