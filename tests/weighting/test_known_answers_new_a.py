@@ -16,6 +16,7 @@ import math
 import pytest
 import torch
 from torch import Tensor
+from weighting_helpers import BATCHES
 
 from mtl.weighting import create_weighting, get_weighting_class, hyperparameters
 from mtl.weighting._simplex import project_simplex
@@ -23,14 +24,7 @@ from mtl.weighting._simplex import project_simplex
 F64 = torch.float64
 ALL3 = torch.ones(3, dtype=torch.bool)
 
-# five consecutive batches' per-task gradients (3 tasks, P = 4)
-B = [
-    torch.tensor([[1.0, 0.0, 2.0, 0.0], [0.0, 1.0, -1.0, 1.0], [-1.0, 2.0, 0.0, 0.5]], dtype=F64),
-    torch.tensor([[2.0, 1.0, 0.0, 0.0], [0.0, -1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]], dtype=F64),
-    torch.tensor([[0.0, 0.0, 1.0, 3.0], [1.0, -2.0, 0.0, 0.0], [-1.0, 0.0, 2.0, 1.0]], dtype=F64),
-    torch.tensor([[1.0, 1.0, 0.0, 1.0], [0.0, 2.0, 1.0, 0.0], [3.0, 0.0, 1.0, 0.0]], dtype=F64),
-    torch.tensor([[-1.0, 0.0, 1.0, 2.0], [2.0, 1.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0]], dtype=F64),
-]
+B = BATCHES
 
 
 def _t(x: list[float]) -> Tensor:

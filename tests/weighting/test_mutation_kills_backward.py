@@ -458,10 +458,9 @@ def test_a_zero_one_present_mask_works_like_a_bool_one(name: str) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_loss_level_scale_of_two() -> None:
-    """A loss-level method with ``loss_scale = 2``: every gradient is exactly twice the
-    unscaled one (the contract test uses 64). Rejects comparing the scale with 2 instead of
-    1 to decide whether to multiply."""
+def _grads_at_scales_one_and_two(method: str) -> list[list[Tensor]]:
+    """The parameter gradients of one seeded float64 batch under ``method``, with
+    ``loss_scale`` 1 and 2."""
     grads = []
     for scale in (1.0, 2.0):
         torch.manual_seed(0)
@@ -470,9 +469,17 @@ def test_loss_level_scale_of_two() -> None:
         losses, present, z = compute_losses(model, x, y)
         shared, heads = list(model.shared_parameters()), model.head_parameters()
         multitask_backward(
-            create_weighting("equal", 3), losses, present, shared, heads, z, loss_scale=scale
+            create_weighting(method, 3), losses, present, shared, heads, z, loss_scale=scale
         )
         grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    return grads
+
+
+def test_loss_level_scale_of_two() -> None:
+    """A loss-level method with ``loss_scale = 2``: every gradient is exactly twice the
+    unscaled one (the contract test uses 64). Rejects comparing the scale with 2 instead of
+    1 to decide whether to multiply."""
+    grads = _grads_at_scales_one_and_two("equal")
     for g1, g2 in zip(*grads, strict=True):
         torch.testing.assert_close(g2, 2.0 * g1, rtol=0, atol=0)
 
@@ -568,17 +575,7 @@ def test_gradient_level_scale_of_two_and_an_overflow() -> None:
     ``GradScaler`` skips the step) and the weights are the presence mask, the method (MGDA)
     is not called on it. Rejects comparing the scale with 2 instead of 1 (dividing it out, or
     detecting the overflow) and a disabled overflow check."""
-    grads = []
-    for scale in (1.0, 2.0):
-        torch.manual_seed(0)
-        model = TinyModel().double()
-        x, y = make_batch(dtype=F64)
-        losses, present, z = compute_losses(model, x, y)
-        shared, heads = list(model.shared_parameters()), model.head_parameters()
-        multitask_backward(
-            create_weighting("pcgrad", 3), losses, present, shared, heads, z, loss_scale=scale
-        )
-        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    grads = _grads_at_scales_one_and_two("pcgrad")
     for g1, g2 in zip(*grads, strict=True):
         torch.testing.assert_close(g2, 2.0 * g1, rtol=1e-12, atol=1e-14)
     model = TinyModel().double()

@@ -13,19 +13,14 @@ import re
 import pytest
 import torch
 from torch import Tensor
+from weighting_helpers import BATCHES
 
 from mtl.weighting import create_weighting, get_weighting_class, list_weightings
 
 F64 = torch.float64
 ALL3 = torch.ones(3, dtype=torch.bool)
 
-# four consecutive batches' per-task gradients (3 tasks, P = 4), as in test_known_answers_new_a
-B = [
-    torch.tensor([[1.0, 0.0, 2.0, 0.0], [0.0, 1.0, -1.0, 1.0], [-1.0, 2.0, 0.0, 0.5]], dtype=F64),
-    torch.tensor([[2.0, 1.0, 0.0, 0.0], [0.0, -1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]], dtype=F64),
-    torch.tensor([[0.0, 0.0, 1.0, 3.0], [1.0, -2.0, 0.0, 0.0], [-1.0, 0.0, 2.0, 1.0]], dtype=F64),
-    torch.tensor([[1.0, 1.0, 0.0, 1.0], [0.0, 2.0, 1.0, 0.0], [3.0, 0.0, 1.0, 0.0]], dtype=F64),
-]
+B = BATCHES[:4]  # four consecutive batches, as in test_known_answers_new_a
 LOSSES = [[1.0, 2.0, 0.5], [0.8, 1.5, 0.6], [0.7, 1.2, 0.4], [0.6, 1.0, 0.3]]
 # the methods that keep a [T, P] matrix outside their buffers (get/set_extra_state); gamma of
 # MoDo raised from 1e-3 so that its lambda visibly moves within a few steps

@@ -86,3 +86,16 @@ def method_backend_cases() -> list[tuple[str, str]]:
 
 CASES = method_backend_cases()
 CASE_IDS = [f"{n}-{b}" for n, b in CASES]
+
+
+_F64 = torch.float64
+#: five consecutive batches' per-task gradients (3 tasks, P = 4), shared by the known-answer
+#: and mutation-kill tests of the stateful methods
+BATCHES = [
+    torch.tensor([[1.0, 0.0, 2.0, 0.0], [0.0, 1.0, -1.0, 1.0], [-1.0, 2.0, 0.0, 0.5]], dtype=_F64),
+    torch.tensor([[2.0, 1.0, 0.0, 0.0], [0.0, -1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]], dtype=_F64),
+    torch.tensor([[0.0, 0.0, 1.0, 3.0], [1.0, -2.0, 0.0, 0.0], [-1.0, 0.0, 2.0, 1.0]], dtype=_F64),
+    torch.tensor([[1.0, 1.0, 0.0, 1.0], [0.0, 2.0, 1.0, 0.0], [3.0, 0.0, 1.0, 0.0]], dtype=_F64),
+    torch.tensor([[-1.0, 0.0, 1.0, 2.0], [2.0, 1.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0]], dtype=_F64),
+]
+
